@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install TuneForge into the current Python environment.
+#
+#   bash scripts/install.sh          # the tool
+#   bash scripts/install.sh --dev    # the tool and its test dependencies
+#
+# Where no PyTorch is installed, this installs the CPU build pinned below first, so pip does
+# not pull gigabytes of CUDA packages for an unpinned `torch`. A PyTorch you already have
+# (a CUDA build, say) is kept as it is. Override with TUNEFORGE_TORCH="torch==X.Y.Z".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+extras=""
+for arg in "$@"; do
+  case "$arg" in
+    --dev) extras="[dev]" ;;
+    --bench) extras="[dev,bench]" ;;
+    *) echo "unknown option: $arg" >&2; exit 2 ;;
+  esac
+done
+if ! "$python" -c "import torch" >/dev/null 2>&1; then
+  "$python" -m pip install --quiet "${TUNEFORGE_TORCH:-torch==2.13.0}"
+fi
+"$python" -m pip install --quiet -e ".${extras}"

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny tokenizers and models built locally (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tuneforge.modeling.tiny import build_model, save_model_folder, train_tokenizer
+
+# Two cores: keep each test process from oversubscribing them.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+CORPUS = [
+    "Hello! How can I help you with your account today?",
+    "I lost my card yesterday and I need a new one.",
+    "Your balance is 120 dollars and 50 cents.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Please reset my password, I forgot it.",
+    "Sure, I have sent a reset link to your email address.",
+    "What is the capital of France? Paris is the capital of France.",
+    "system user assistant tool function arguments name content",
+    '{"category": "shoes", "color": "red", "max_price": 50}',
+    "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A byte-level BPE tokenizer with ChatML special tokens and no chat template."""
+    return train_tokenizer(CORPUS * 20, vocab_size=512)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved 2-layer, 64-wide Llama model folder (safetensors + tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    return save_model_folder(build_model(tiny_tokenizer, arch="llama"), tiny_tokenizer, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved 2-layer, 64-wide GPT-2 model folder (safetensors + tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    return save_model_folder(build_model(tiny_tokenizer, arch="gpt2"), tiny_tokenizer, path)

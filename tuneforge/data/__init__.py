@@ -1,0 +1,1 @@
+"""Datasets: formats, loading, validation, cleaning, splitting and statistics."""

@@ -1,0 +1,1 @@
+"""Models: loading base models and tokenizers, LoRA, freezing and parameter groups."""

@@ -1,0 +1,1 @@
+"""Tokenization: chat templates, label masks, truncation, packing and batching."""

@@ -1,0 +1,1 @@
+"""Training: config, the loop, optimizer and schedules, loss, checkpoints, lr-find."""
