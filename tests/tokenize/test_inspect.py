@@ -1,0 +1,83 @@
+"""`tuneforge data inspect` and the Rich rendering behind it."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from tuneforge.cli import app
+from tuneforge.tokenize import encode
+from tuneforge.tokenize.inspect import TRAINED_STYLE, load_tokenizer, render_tokens
+
+EXAMPLES = [
+    {
+        "messages": [
+            {"role": "user", "content": "I lost my card."},
+            {"role": "assistant", "content": "Sure, I have sent a new one."},
+        ]
+    },
+    {"prompt": "What is the capital of France?", "completion": " Paris"},
+    {"text": "The quick brown fox."},
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_render_tokens_highlights_exactly_the_trained_tokens(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir))  # no template in the folder: ChatML is set
+    assert tok.chat_template
+    enc = encode(EXAMPLES[0], tok)
+    text = render_tokens(enc, tok)
+    highlighted = "".join(
+        text.plain[s.start : s.end] for s in text.spans if str(s.style).startswith(TRAINED_STYLE)
+    )
+    assert highlighted == "Sure, I have sent a new one.<|im_end|>"
+    assert "<|im_start|>user↵\nI lost my card." in text.plain
+
+
+def test_data_inspect_shows_examples_and_counts(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", EXAMPLES)
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["data", "inspect", str(data), "--model", str(tiny_model_dir), "--count", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    tok = load_tokenizer(str(tiny_model_dir))
+    for ex in EXAMPLES:
+        enc = encode(ex, tok)
+        counts = (
+            f"tokens {len(enc)}   trained {enc.num_trained}   masked {len(enc) - enc.num_trained}"
+        )
+        assert counts in result.output
+    assert "Sure, I have sent a new one.<|im_end|>" in result.output
+    assert "train.jsonl:3" in result.output  # titled by line number
+
+    everything = runner.invoke(
+        app,
+        ["data", "inspect", str(data), "--model", str(tiny_model_dir), "--train-on", "all"],
+    )
+    enc = encode(EXAMPLES[0], tok)
+    assert f"tokens {len(enc)}   trained {len(enc)}   masked 0" in everything.output
+
+
+def test_data_inspect_errors(tmp_path, tiny_model_dir):
+    data = write_jsonl(tmp_path / "train.jsonl", EXAMPLES[:1])
+    runner = CliRunner()
+    out_of_range = runner.invoke(
+        app, ["data", "inspect", str(data), "--model", str(tiny_model_dir), "--index", "5"]
+    )
+    assert out_of_range.exit_code == 1 and "out of range" in out_of_range.output
+    bad_mode = runner.invoke(
+        app, ["data", "inspect", str(data), "--model", str(tiny_model_dir), "--train-on", "x"]
+    )
+    assert bad_mode.exit_code == 2
+    pref = write_jsonl(
+        tmp_path / "pref.jsonl",
+        [{"input": {"messages": []}, "preferred_output": [], "non_preferred_output": []}],
+    )
+    refused = runner.invoke(app, ["data", "inspect", str(pref), "--model", str(tiny_model_dir)])
+    assert refused.exit_code == 1 and "preference" in refused.output

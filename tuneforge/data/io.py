@@ -1,0 +1,681 @@
+"""Reading datasets: JSONL, JSON arrays, plain text, CSV / TSV and Parquet, into numbered records.
+
+Every record keeps the number of the line (or row, or text block) it came from, its raw text
+and, when it parsed, its JSON value; problems found while reading (invalid JSON, bytes that are
+not UTF-8, a byte-order mark, a top-level array instead of JSON Lines, a binary file) are attached
+to the record or to the file, never raised, so a checker can report all of them and a cleaner can
+account for every line.
+
+Example:
+    >>> loaded = read_dataset("train.jsonl")
+    >>> loaded.format, len(loaded.records)
+    (<Format.CHAT: 'chat'>, 1000)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gc
+import io
+import json
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+TABLE_SUFFIXES = {".csv", ".tsv", ".parquet"}
+TEXT_SUFFIXES = {".txt", ".text", ".md"}
+# How many parsed records decide the file's format when it is not forced.
+DETECT_SAMPLE = 2000
+# How much of the start of a file is sniffed for binary content.
+SNIFF_BYTES = 8192
+# Magic numbers of binary files people pick up by mistake, and what to call them.
+MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"%PDF-": "a PDF document",
+    b"\x1f\x8b": "a gzip-compressed file (decompress it first)",
+    b"PK\x03\x04": "a ZIP archive (an .xlsx workbook is one: export it as CSV)",
+    b"BZh": "a bzip2-compressed file (decompress it first)",
+    b"\xfd7zXZ\x00": "an xz-compressed file (decompress it first)",
+    b"\x28\xb5\x2f\xfd": "a zstd-compressed file (decompress it first)",
+    b"PAR1": "a Parquet file (name it .parquet)",
+    b"SQLite format 3\x00": "an SQLite database",
+    b"\x7fELF": "an executable",
+}
+# A JSON string escape that may encode half of a surrogate pair (\ud800 - \udfff).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class Format(str, Enum):
+    """The dataset formats TuneForge reads."""
+
+    CHAT = "chat"  # {"messages": [...], "tools"?: [...]}
+    PROMPT_COMPLETION = "prompt_completion"  # {"prompt": ..., "completion": ...}
+    PREFERENCE = "preference"  # {"input": {"messages"}, "preferred_output", "non_preferred_output"}
+    TEXT = "text"  # {"text": ...}
+
+    def __str__(self) -> str:
+        return self.value
+
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(slots=True)
+class Problem:
+    """One thing wrong with a dataset: where, what, and how to fix it.
+
+    `line` is 1-based (None for the whole file). `severity` "error" means training would fail or
+    learn something wrong from this example; "warning" means it is suspicious or was fixable.
+    """
+
+    code: str
+    message: str
+    fix: str
+    line: int | None = None
+    severity: Severity = "error"
+    column: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The problem as a JSON-ready dict."""
+        return {
+            "line": self.line,
+            "column": self.column,
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "fix": self.fix,
+        }
+
+
+@dataclass(slots=True)
+class Record:
+    """One example as read: its line number, raw text, parsed value and any reading problem."""
+
+    line: int
+    raw: str
+    data: Any = None
+    problem: Problem | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the record was read and parsed without a problem."""
+        return self.problem is None
+
+
+@dataclass
+class LoadedDataset:
+    """Everything read from one file."""
+
+    path: Path
+    records: list[Record]
+    format: Format | None
+    file_problems: list[Problem] = field(default_factory=list)
+    unit: str = "line"  # what `Record.line` counts: line, row or element
+
+    def examples(self) -> Iterator[tuple[int, dict]]:
+        """(line, example) for every record that parsed to a JSON object."""
+        for r in self.records:
+            if r.problem is None and isinstance(r.data, dict):
+                yield r.line, r.data
+
+
+class DatasetError(Exception):
+    """A file that cannot be read at all (missing, a directory, unreadable, a broken Parquet...)."""
+
+
+def detect_format(obj: Any) -> Format | None:
+    """The format of one example, judged by its keys; None when no format matches."""
+    if not isinstance(obj, dict):
+        return None
+    if "messages" in obj:
+        return Format.CHAT
+    if "input" in obj and (
+        "preferred_output" in obj
+        or "preferred_completion" in obj
+        or "non_preferred_output" in obj
+        or "non_preferred_completion" in obj
+    ):
+        return Format.PREFERENCE
+    if "prompt" in obj or "completion" in obj:
+        return Format.PROMPT_COMPLETION
+    if "text" in obj:
+        return Format.TEXT
+    return None
+
+
+def majority_format(values: Iterable[Any]) -> Format | None:
+    """The most common format among the first `DETECT_SAMPLE` examples (None when none matches).
+
+    Ties go to the format seen first, so the result does not depend on hash order.
+    """
+    counts: Counter[Format] = Counter()
+    for i, obj in enumerate(values):
+        if i >= DETECT_SAMPLE:
+            break
+        fmt = detect_format(obj)
+        if fmt is not None:
+            counts[fmt] += 1
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def parse_format(value: Format | str) -> Format:
+    """A `Format` from its name ("chat", "prompt_completion" or "prompt-completion", ...).
+
+    Raises DatasetError naming the accepted formats for anything else.
+    """
+    if isinstance(value, Format):
+        return value
+    try:
+        return Format(str(value).strip().lower().replace("-", "_"))
+    except ValueError:
+        names = ", ".join(f.value for f in Format)
+        raise DatasetError(f"unknown format {value!r}; choose one of {names}") from None
+
+
+def read_dataset(
+    path: str | Path,
+    format: Format | str | None = None,
+    *,
+    prompt_col: str | None = None,
+    completion_col: str | None = None,
+    text_col: str | None = None,
+) -> LoadedDataset:
+    """Read a dataset file into numbered records, detecting the format unless one is given.
+
+    JSONL (any other suffix, `.json` included) is read line by line, or as one JSON array;
+    `.txt` / `.text` / `.md` as blank-line separated text blocks; `.csv` / `.tsv` / `.parquet` as
+    tables whose columns map to prompt / completion (or text).
+
+    Raises:
+        DatasetError: only when the file cannot be opened as a dataset at all (missing, a
+            directory or other non-regular file, unreadable, an unknown `format`, a Parquet file
+            pyarrow cannot read). Everything else is reported as a `Problem`.
+    """
+    path = Path(path)
+    forced = parse_format(format) if format is not None else None
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, expected a dataset file")
+    if not path.is_file():
+        raise DatasetError(f"{path}: not a regular file (a device, pipe or socket)")
+    suffix = path.suffix.lower()
+    try:
+        with paused_gc():
+            if suffix in TABLE_SUFFIXES:
+                loaded = _read_table(path, prompt_col, completion_col, text_col)
+            elif suffix in TEXT_SUFFIXES:
+                loaded = _read_text_blocks(path)
+            else:
+                loaded = _read_jsonl(path)
+    except MemoryError:
+        raise DatasetError(f"{path}: too large to read into memory") from None
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the file ({e.strerror or e})") from e
+    if forced is not None:
+        loaded.format = forced
+    elif loaded.format is None:
+        loaded.format = majority_format(r.data for r in loaded.records if r.problem is None)
+    return loaded
+
+
+# --- shared pieces --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small objects.
+
+    Parsed JSON holds no reference cycles, but every few hundred new dicts trigger a collection
+    that walks all the objects built so far: reading a large file spends more time in the
+    collector than in the parser. Reference counting still frees everything as usual.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _sniff(data: bytes) -> Problem | None:
+    """A file-level problem when the bytes are plainly not a UTF-8 text file."""
+    head = data[:SNIFF_BYTES]
+    if head.startswith(UTF16_BOMS):
+        return Problem(
+            code="utf16",
+            message="the file is UTF-16 encoded, not UTF-8",
+            fix="re-save the file as UTF-8 (e.g. iconv -f utf-16 -t utf-8)",
+        )
+    for magic, what in MAGIC.items():
+        if head.startswith(magic):
+            return Problem(
+                code="binary_file",
+                message=f"this is {what}, not a text dataset",
+                fix="pass a JSONL, TXT, CSV, TSV or Parquet dataset file",
+            )
+    if b"\x00" in head:
+        return Problem(
+            code="binary_file",
+            message="the file contains NUL bytes: it is binary (or UTF-16/32), not a text dataset",
+            fix="pass a UTF-8 JSONL, TXT, CSV or TSV file, or a Parquet file",
+        )
+    return None
+
+
+def _bom_problem() -> Problem:
+    return Problem(
+        code="bom",
+        message="the file starts with a UTF-8 byte-order mark",
+        fix="save without BOM (`tuneforge data clean` removes it)",
+        line=1,
+        severity="warning",
+    )
+
+
+def _empty_problem(what: str = "examples") -> Problem:
+    return Problem(
+        code="empty_file",
+        message=f"the file has no {what}",
+        fix="add examples, one JSON object per line",
+    )
+
+
+def _non_utf8(line: int, column: int | None) -> Problem:
+    where = f" at byte {column} of the line" if column is not None else ""
+    return Problem(
+        code="non_utf8",
+        message=f"bytes that are not UTF-8{where}",
+        fix="re-save the file as UTF-8 (e.g. iconv -f cp1252 -t utf-8)",
+        line=line,
+        column=column,
+    )
+
+
+def _decode(raw: bytes, line: int) -> tuple[str, Problem | None]:
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        return raw.decode("utf-8", errors="replace"), _non_utf8(line, e.start + 1)
+
+
+def _bad_utf8_lines(data: bytes) -> set[int]:
+    """1-based numbers of the lines (split on \\n) holding bytes that are not UTF-8."""
+    bad = set()
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.add(number)
+    return bad
+
+
+class _NonStandardNumber(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonStandardNumber(name)
+
+
+# Strict JSON: NaN / Infinity are not JSON, and other readers (and OpenAI) reject them.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _invalid_json(message: str, line: int, column: int | None = None) -> Problem:
+    return Problem(
+        code="invalid_json",
+        message=message,
+        fix="make each line one complete JSON object (check quotes, commas and brackets)",
+        line=line,
+        column=column,
+    )
+
+
+def _parse(text: str, line: int) -> tuple[Any, Problem | None]:
+    try:
+        value = _DECODER.decode(text)
+    except json.JSONDecodeError as e:
+        return None, _invalid_json(f"invalid JSON: {e.msg} (column {e.colno})", line, e.colno)
+    except _NonStandardNumber as e:
+        return None, _invalid_json(f"invalid JSON: {e} is not a JSON number", line)
+    except RecursionError:
+        return None, _invalid_json("invalid JSON: nested too deeply", line)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        problem = _surrogate_problem(value, line)
+        if problem is not None:
+            return None, problem
+    return value, None
+
+
+def _surrogate_problem(value: Any, line: int) -> Problem | None:
+    """A problem when a parsed value holds a lone surrogate, which no UTF-8 file can store."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return Problem(
+            code="invalid_unicode",
+            message="a \\uXXXX escape encodes half of a surrogate pair, which is not a character",
+            fix="escape the character as a complete pair, or remove it",
+            line=line,
+        )
+    except (ValueError, RecursionError):  # nesting too deep to re-encode: leave it to the checks
+        return None
+    return None
+
+
+def _to_json(value: Any) -> str:
+    """`value` as one line of JSON text; values JSON cannot hold (dates, bytes) become strings."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (ValueError, RecursionError):  # NaN in a table cell, or nesting too deep
+        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=True)
+
+
+# --- JSON Lines -----------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> LoadedDataset:
+    data = path.read_bytes()
+    problems: list[Problem] = []
+    sniffed = _sniff(data)
+    if sniffed is not None:
+        problems.append(sniffed)
+    if data.startswith(BOM):
+        data = data[len(BOM) :]
+        problems.append(_bom_problem())
+    if not data.strip():
+        problems.append(_empty_problem())
+        return LoadedDataset(path, [], None, problems)
+
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    whole = _whole_document(data, text)
+    if whole is not None:
+        return _read_whole_document(path, whole, problems)
+
+    records: list[Record] = []
+    append = records.append
+    lines: list[str] | list[bytes] = text.split("\n") if text is not None else data.split(b"\n")
+    if lines[-1] in ("", b""):
+        lines.pop()  # the final newline ends the last line; it does not start a new one
+    parse = _parse
+    for number, raw in enumerate(lines, start=1):
+        if raw[-1:] in ("\r", b"\r"):
+            raw = raw[:-1]
+        problem = None
+        if text is None:
+            raw, problem = _decode(raw, number)  # type: ignore[arg-type]
+        if problem is None and (not raw or raw.isspace()):  # type: ignore[union-attr]
+            problem = Problem(
+                code="blank_line",
+                message="blank line",
+                fix="remove blank lines between examples",
+                line=number,
+                severity="warning",
+            )
+        value = None
+        if problem is None:
+            value, problem = parse(raw, number)  # type: ignore[arg-type]
+        append(Record(number, raw, value, problem))  # type: ignore[arg-type]
+    return LoadedDataset(path, records, None, problems)
+
+
+def _whole_document(data: bytes, text: str | None) -> list | dict | None:
+    """The file as one JSON array, or one object spread over several lines; None for JSONL.
+
+    A file whose first line parses on its own is JSON Lines, so large JSONL files are never
+    parsed twice.
+    """
+    if text is None:
+        return None
+    stripped = text.lstrip()
+    first = stripped[:1]
+    if first == "{":
+        newline = stripped.find("\n")
+        if newline < 0 or not stripped[newline:].strip():
+            return None  # a single line: JSON Lines with one example
+        try:
+            _DECODER.decode(stripped[:newline])
+            return None
+        except (ValueError, RecursionError):
+            pass
+    elif first != "[":
+        return None
+    try:
+        whole = _DECODER.decode(stripped)
+    except (ValueError, RecursionError):
+        return None
+    if (
+        first == "["
+        and "\n" not in stripped.rstrip()
+        and not (whole and all(isinstance(v, dict) for v in whole))
+    ):
+        return None  # a one-line array that does not hold examples: report it as a bad line
+    return whole if isinstance(whole, list | dict) else None
+
+
+def _read_whole_document(path: Path, whole: list | dict, problems: list[Problem]) -> LoadedDataset:
+    if isinstance(whole, dict):
+        problems.append(
+            Problem(
+                code="pretty_printed_json",
+                message="the file is one JSON object spread over several lines, not JSON Lines",
+                fix="write each example as one JSON object on a single line",
+            )
+        )
+        values, unit = [whole], "line"
+    else:
+        problems.append(
+            Problem(
+                code="top_level_array",
+                message="the file is one JSON array, not JSON Lines",
+                fix="write one JSON object per line (`tuneforge data clean` converts it)",
+            )
+        )
+        values, unit = whole, "element"
+    records = []
+    for i, v in enumerate(values, start=1):
+        raw = _to_json(v)
+        problem = _surrogate_problem(v, i)
+        records.append(Record(i, raw, None if problem else v, problem))
+    if not records:
+        problems.append(_empty_problem())
+    return LoadedDataset(path, records, None, problems, unit=unit)
+
+
+# --- plain text -----------------------------------------------------------------------------
+
+
+def _read_text_blocks(path: Path) -> LoadedDataset:
+    """Blank-line separated blocks; each record's line is the block's first line in the file."""
+    data = path.read_bytes()
+    problems: list[Problem] = []
+    sniffed = _sniff(data)
+    if sniffed is not None:
+        problems.append(sniffed)
+    if data.startswith(BOM):
+        data = data[len(BOM) :]
+        problems.append(_bom_problem())
+    try:
+        text = data.decode("utf-8")
+        bad_lines: set[int] = set()
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        bad_lines = _bad_utf8_lines(data)
+    records: list[Record] = []
+    block: list[str] = []
+    start = 0
+    # Split on "\n" only (not str.splitlines, which also breaks on \x0b, \x1c, \u2028, ...), so
+    # numbers match the file's lines as editors count them.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if line and not line.isspace():
+            if not block:
+                start = number
+            block.append(line)
+        elif block:
+            records.append(_text_record(start, block, bad_lines))
+            block = []
+    if block:
+        records.append(_text_record(start, block, bad_lines))
+    if not records:
+        problems.append(_empty_problem("text"))
+    return LoadedDataset(path, records, Format.TEXT, problems, unit="line")
+
+
+def _text_record(start: int, block: list[str], bad_lines: set[int]) -> Record:
+    text = "\n".join(block)
+    value = {"text": text}
+    problem = None
+    for number in range(start, start + len(block)):
+        if number in bad_lines:
+            problem = _non_utf8(number, None)
+            break
+    return Record(start, _to_json(value), None if problem else value, problem)
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+def _read_table(
+    path: Path, prompt_col: str | None, completion_col: str | None, text_col: str | None
+) -> LoadedDataset:
+    if path.suffix.lower() == ".parquet":
+        return _read_parquet(path, prompt_col, completion_col, text_col)
+    return _read_csv(path, prompt_col, completion_col, text_col)
+
+
+def _read_parquet(
+    path: Path, prompt_col: str | None, completion_col: str | None, text_col: str | None
+) -> LoadedDataset:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises many types for a broken file
+        raise DatasetError(f"{path}: not a readable Parquet file ({e})") from e
+    mapping = _column_mapping(list(table.column_names), prompt_col, completion_col, text_col)
+    if isinstance(mapping, Problem):
+        return LoadedDataset(path, [], None, [mapping], unit="row")
+    fmt = Format.TEXT if "text" in mapping else Format.PROMPT_COMPLETION
+    columns = {key: table.column(col).to_pylist() for key, col in mapping.items()}
+    records = []
+    for i in range(table.num_rows):
+        value = {key: values[i] for key, values in columns.items()}
+        records.append(Record(i + 1, _to_json(value), value))  # rows are counted from 1
+    problems = [] if records else [_empty_problem("rows")]
+    return LoadedDataset(path, records, fmt, problems, unit="row")
+
+
+def _read_csv(
+    path: Path, prompt_col: str | None, completion_col: str | None, text_col: str | None
+) -> LoadedDataset:
+    data = path.read_bytes()
+    problems: list[Problem] = []
+    sniffed = _sniff(data)
+    if sniffed is not None:
+        problems.append(sniffed)
+    if data.startswith(BOM):
+        data = data[len(BOM) :]
+    try:
+        text = data.decode("utf-8")
+        bad_lines: set[int] = set()
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        bad_lines = _bad_utf8_lines(data)
+
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # (first line, last line, fields) per row; a quoted field may span several lines.
+    rows: list[tuple[int, int, list[str]]] = []
+    limit = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # one long example is not an error
+    try:
+        previous = 0
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                problems.append(
+                    Problem(
+                        code="invalid_csv",
+                        message=f"the table cannot be read past this line: {e}",
+                        fix="check the quoting: a field holding the delimiter, a quote or a "
+                        "newline must be wrapped in double quotes",
+                        line=previous + 1,
+                    )
+                )
+                break
+            if fields:  # the reader returns [] for a blank line
+                rows.append((previous + 1, reader.line_num, fields))
+            previous = reader.line_num
+    finally:
+        csv.field_size_limit(limit)
+
+    if not rows:
+        problems.append(_empty_problem("rows"))
+        return LoadedDataset(path, [], None, problems)
+    header = rows[0][2]
+    mapping = _column_mapping(header, prompt_col, completion_col, text_col)
+    if isinstance(mapping, Problem):
+        mapping.line = rows[0][0]
+        return LoadedDataset(path, [], None, [*problems, mapping])
+    fmt = Format.TEXT if "text" in mapping else Format.PROMPT_COMPLETION
+    index = {key: header.index(col) for key, col in mapping.items()}
+    records = []
+    for first, last, fields in rows[1:]:
+        value = {key: fields[i] if i < len(fields) else None for key, i in index.items()}
+        problem = None
+        if len(fields) != len(header):
+            problem = Problem(
+                code="csv_field_count",
+                message=f"the row has {len(fields)} fields but the header has {len(header)}",
+                fix="quote fields that contain the delimiter, a quote or a newline",
+                line=first,
+            )
+        elif bad_lines:
+            bad = next((n for n in range(first, last + 1) if n in bad_lines), None)
+            if bad is not None:
+                problem = _non_utf8(bad, None)
+        records.append(Record(first, _to_json(value), None if problem else value, problem))
+    if not records:
+        problems.append(_empty_problem("rows"))
+    return LoadedDataset(path, records, fmt, problems, unit="line")
+
+
+def _column_mapping(
+    columns: list[str], prompt_col: str | None, completion_col: str | None, text_col: str | None
+) -> dict[str, str] | Problem:
+    """Which table column becomes which field; a Problem naming the columns when none fits."""
+    if text_col or (
+        not prompt_col and not completion_col and "text" in columns and "prompt" not in columns
+    ):
+        wanted = {"text": text_col or "text"}
+    else:
+        wanted = {"prompt": prompt_col or "prompt", "completion": completion_col or "completion"}
+    missing = [col for col in wanted.values() if col not in columns]
+    if missing:
+        shown = ", ".join(repr(c) for c in columns[:20]) or "no columns"
+        return Problem(
+            code="missing_columns",
+            message=f"column(s) {', '.join(map(repr, missing))} not found; the table has: {shown}",
+            fix="name the columns with --prompt-col / --completion-col (or --text-col)",
+        )
+    return wanted

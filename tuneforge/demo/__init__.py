@@ -1,0 +1,1 @@
+"""The bundled demo: the whole fine-tuning journey, offline."""

@@ -1,0 +1,358 @@
+"""The one typed config of a training run.
+
+Every option lives here, grouped (model, data, method/lora, optim, eval, checkpoint, output),
+with a description per field. YAML files and CLI flags are both parsed into `TrainConfig`;
+flags override YAML. Validation happens up front and reports every problem at once
+(`ConfigError.problems`). Unknown keys are rejected.
+
+Some hyperparameters may be ``"auto"``; `resolve_auto` turns them into numbers once the
+number of training examples is known, following OpenAI's fine-tuning defaults.
+
+Example:
+    >>> cfg = load_config(None, {"model.name_or_path": "gpt2", "data.train": "train.jsonl",
+    ...                          "output.dir": "out"})
+    >>> cfg.optim.lr
+    'auto'
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+Auto = Literal["auto"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    """Which base model to fine-tune, and how to run it."""
+
+    name_or_path: str = Field(
+        description="Hugging Face Hub id or local folder of an AutoModelForCausalLM "
+        "(safetensors weights only)."
+    )
+    dtype: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Compute precision: fp32, or bf16 autocast (weights and optimizer stay fp32).",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow model code from the Hub to run. Off unless you trust the repo."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~30% slower."
+    )
+
+
+class DataSection(_Section):
+    """Training and validation files, and how examples become token sequences."""
+
+    train: Path = Field(
+        description="Training file (JSONL, CSV, Parquet or text): OpenAI chat, "
+        "prompt-completion or {'text': ...} examples."
+    )
+    valid: Path | None = Field(None, description="Optional JSONL validation file, same formats.")
+    train_on: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant",
+        description="Which tokens are trained: every assistant turn, only the last assistant "
+        "turn, or all tokens.",
+    )
+    max_length: int = Field(
+        2048, ge=8, description="Longest token sequence fed to the model (and packing row length)."
+    )
+    too_long: Literal["drop", "truncate"] = Field(
+        "drop", description="What to do with examples longer than max_length (counted either way)."
+    )
+    packing: bool = Field(
+        False,
+        description="Pack several examples into each max_length row (block-causal attention, no "
+        "cross-example leakage). Without packing, batches are grouped by length.",
+    )
+
+    @field_validator("train", "valid")
+    @classmethod
+    def _file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"file not found: {v}")
+        return v
+
+
+class LoraSection(_Section):
+    """LoRA adapter settings (used when method is 'lora')."""
+
+    r: int = Field(16, ge=1, description="Rank of the low-rank update.")
+    alpha: float = Field(
+        32, gt=0, description="Scaling numerator: the update is scaled by alpha/r."
+    )
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Module names to adapt. Default per architecture (llama/qwen2/mistral: all "
+        "attention and MLP projections; gpt2: c_attn, c_proj, c_fc; otherwise all linear).",
+    )
+
+
+class OptimSection(_Section):
+    """Optimizer, batch and learning-rate schedule."""
+
+    epochs: int | Auto = Field(
+        "auto",
+        description="Passes over the training data. auto: 3, raised for tiny and lowered for huge "
+        "datasets (OpenAI's rule).",
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Stop after this many optimizer steps (overrides epochs)."
+    )
+    batch_size: int | Auto = Field(
+        "auto",
+        description="Examples (or packed rows) per optimizer step, across all processes and "
+        "accumulation micro-batches. auto: from dataset size.",
+    )
+    grad_accum: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (per process); same global batch."
+    )
+    lr: float | Auto = Field(
+        "auto", description="Peak learning rate. auto: 2e-4 for LoRA, 2e-5 for full fine-tuning."
+    )
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "linear", description="Decay after warmup: cosine or linear to zero, or constant."
+    )
+    warmup: float = Field(
+        0.03,
+        ge=0,
+        description="Warmup length: a fraction of all steps if < 1, otherwise a number of steps.",
+    )
+    weight_decay: float = Field(
+        0.0, ge=0, description="AdamW weight decay (never applied to norms, biases, embeddings)."
+    )
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float | None = Field(
+        1.0, description="Clip the global gradient norm to this value; null disables clipping."
+    )
+
+    @field_validator("epochs", "batch_size")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not (0 < v < 1):
+            raise ValueError("must be in (0, 1) or 'auto'")
+        return v
+
+    @field_validator("grad_accum")
+    @classmethod
+    def _batch_divides(cls, v: int, info: ValidationInfo) -> int:
+        # A field validator (not a model validator) so this is reported alongside other errors.
+        bs = info.data.get("batch_size")
+        if isinstance(bs, int) and bs % v:
+            raise ValueError(f"batch_size ({bs}) must be a multiple of grad_accum ({v})")
+        return v
+
+
+class EvalSection(_Section):
+    """Validation during and after training."""
+
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate every N optimizer steps (always at the end)."
+    )
+    max_examples: int | None = Field(
+        256,
+        ge=1,
+        description="Examples used by periodic evaluation; the final full_valid_loss uses all.",
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per evaluation forward pass.")
+
+
+class CheckpointSection(_Section):
+    """Checkpoints that allow an exact resume."""
+
+    save_every: int | None = Field(
+        None, ge=1, description="Save every N optimizer steps (and always at each epoch end)."
+    )
+    keep_last: int = Field(2, ge=1, description="Checkpoints kept, newest first (plus the best).")
+    keep_best: bool = Field(
+        True, description="Also keep the checkpoint with the lowest validation loss."
+    )
+    resume: str | None = Field(
+        None,
+        description="'auto' to continue from the newest checkpoint in the output folder if "
+        "there is one, or the path of a checkpoint folder.",
+    )
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_target(cls, v: str | None) -> str | None:
+        if v not in (None, "auto") and not Path(v).is_dir():
+            raise ValueError(f"checkpoint folder not found: {v} (use 'auto' or a folder)")
+        return v
+
+
+class OutputSection(_Section):
+    """Where the fine-tuned model folder is written."""
+
+    dir: Path = Field(description="Output folder: model/adapter, tokenizer, metrics, checkpoints.")
+    merge: bool = Field(
+        False, description="LoRA only: also write merged full weights into <dir>/merged."
+    )
+    overwrite: bool = Field(
+        False, description="Allow writing into a non-empty output folder without resuming."
+    )
+
+
+class TrainConfig(_Section):
+    """Everything a training run needs. See `load_config` for YAML + flag loading."""
+
+    model: ModelSection
+    data: DataSection
+    method: Literal["full", "lora"] = Field(
+        "lora", description="full: train every weight; lora: train a low-rank adapter only."
+    )
+    lora: LoraSection = Field(default_factory=LoraSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    output: OutputSection
+    seed: int = Field(42, description="Seed for weights init of adapters, data order, dropout.")
+
+    # Cross-section checks are field validators on the later field (fields validate in
+    # order), so they are reported together with every other problem.
+    @field_validator("eval")
+    @classmethod
+    def _eval_needs_valid(cls, v: EvalSection, info: ValidationInfo) -> EvalSection:
+        data = info.data.get("data")
+        if v.eval_every is not None and data is not None and data.valid is None:
+            raise ValueError("eval_every needs data.valid")
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _merge_needs_lora(cls, v: OutputSection, info: ValidationInfo) -> OutputSection:
+        if v.merge and info.data.get("method", "lora") != "lora":
+            raise ValueError("merge is only meaningful with method 'lora'")
+        return v
+
+
+class ConfigError(ValueError):
+    """Raised with every problem of a config at once (`problems`: one line each)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid training config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError([f"{key}: {part!r} is not a section"])
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(
+    yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Build a validated `TrainConfig` from an optional YAML file plus dotted-key overrides.
+
+    Overrides (e.g. ``{"optim.lr": 1e-4}``) win over the YAML. Raises `ConfigError` listing
+    every problem: unknown keys, wrong types, out-of-range values, missing files.
+    """
+    raw: dict[str, Any] = {}
+    if yaml_path is not None:
+        try:
+            loaded = yaml.safe_load(Path(yaml_path).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError([f"cannot read {yaml_path}: {err}"]) from err
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError([f"{yaml_path}: top level must be a mapping"])
+        raw = loaded or {}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+
+
+def _describe(err: ValidationError) -> list[str]:
+    by_loc: dict[str, list[str]] = {}
+    for e in err.errors():
+        # pydantic reports each member of a union separately (loc ends in "int",
+        # "literal['auto']", ...); fold them into one line per field.
+        parts = [str(p) for p in e["loc"]]
+        members = {"int", "float", "str", "bool", "none"}
+        parts = [
+            p for p in parts if p not in members and not p.startswith(("literal[", "function-"))
+        ]
+        loc = ".".join(parts) or "<config>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required"
+        elif e["type"] == "literal_error" and "'auto'" in msg and loc in by_loc:
+            msg = f"must be a number or 'auto' (got {e['input']!r})"
+            by_loc[loc] = []
+        by_loc.setdefault(loc, [])
+        if msg not in by_loc[loc]:
+            by_loc[loc].append(msg)
+    return [f"{loc}: {msg}" for loc, msgs in by_loc.items() for msg in msgs]
+
+
+def auto_epochs(n_examples: int) -> int:
+    """OpenAI's default: 3 epochs, more for tiny sets (>= ~100 examples seen, at most 25),
+    fewer for huge ones (<= ~25000 examples seen, at least 1)."""
+    n = max(1, n_examples)
+    if n * 3 < 100:
+        return min(25, math.ceil(100 / n))
+    if n * 3 > 25_000:
+        return max(1, 25_000 // n)
+    return 3
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """About 0.2% of the examples rounded to a power of two, at least min(8, n/4), at most 256."""
+    n = max(1, n_examples)
+    target = 2 ** round(math.log2(max(1.0, n * 0.002)))
+    return int(min(256, max(target, min(8, max(1, n // 4)))))
+
+
+def auto_lr(method: str) -> float:
+    """Peak learning rate per method: adapters tolerate (and need) a larger step."""
+    return 2e-4 if method == "lora" else 2e-5
+
+
+def resolve_auto(cfg: TrainConfig, n_examples: int, multiple_of: int = 1) -> TrainConfig:
+    """Replace every "auto" with a number; `multiple_of` is grad_accum x world size.
+
+    Returns a new config; the input is untouched.
+    """
+    optim = cfg.optim.model_copy()
+    if optim.epochs == "auto":
+        optim.epochs = auto_epochs(n_examples)
+    if optim.batch_size == "auto":
+        bs = auto_batch_size(n_examples)
+        optim.batch_size = max(multiple_of, bs - bs % multiple_of)
+    if optim.lr == "auto":
+        optim.lr = auto_lr(cfg.method)
+    return cfg.model_copy(update={"optim": optim})
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the effective config as YAML (paths as strings, every field explicit)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

@@ -1,0 +1,87 @@
+"""Per-step metrics: `metrics.jsonl`, OpenAI's results CSV and (if installed) TensorBoard."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+RESULTS_COLUMNS = (
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+)
+
+
+class MetricsWriter:
+    """Appends one record per optimizer step; on resume, drops records past the checkpoint.
+
+    Files live in `folder`: `metrics.jsonl` (every metric) and `results.csv` (OpenAI's
+    columns: step, train_loss, train_accuracy, valid_loss, valid_mean_token_accuracy).
+    """
+
+    def __init__(
+        self, folder: str | Path, resume_step: int | None = None, tensorboard: bool = True
+    ):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.folder / "metrics.jsonl"
+        self.csv = self.folder / "results.csv"
+        kept = self._kept_records(resume_step)
+        with open(self.jsonl, "w") as f:
+            for rec in kept:
+                f.write(json.dumps(rec) + "\n")
+        with open(self.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(RESULTS_COLUMNS)
+            for rec in kept:
+                w.writerow(self._csv_row(rec))
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.folder / "tensorboard"))
+            except ImportError:  # tensorboard is optional
+                self._tb = None
+
+    def _kept_records(self, resume_step: int | None) -> list[dict[str, Any]]:
+        if resume_step is None or not self.jsonl.is_file():
+            return []
+        records = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
+        return [r for r in records if r.get("step", 0) <= resume_step]
+
+    @staticmethod
+    def _csv_row(rec: dict[str, Any]) -> list[Any]:
+        return [
+            rec.get("step"),
+            rec.get("train_loss"),
+            rec.get("train_mean_token_accuracy"),
+            rec.get("valid_loss", ""),
+            rec.get("valid_mean_token_accuracy", ""),
+        ]
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one step's record (flushed immediately, so a killed run keeps its history)."""
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        with open(self.csv, "a", newline="") as f:
+            csv.writer(f).writerow(self._csv_row(record))
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
+    """All records of a run's `metrics.jsonl`."""
+    path = Path(folder) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
