@@ -401,6 +401,8 @@ _TRAIN_FLAGS = {
     "save_every": "checkpoint.save_every",
     "eval_every": "eval.eval_every",
     "seed": "seed",
+    "from_": "parent.model",
+    "replay": "parent.replay",
 }
 
 
@@ -420,7 +422,7 @@ def train(
     model: str | None = typer.Option(None, "--model", help="Base model: Hub id or folder."),
     train: Path | None = typer.Option(None, "--train", help="Training data file (JSONL, ...)."),
     valid: Path | None = typer.Option(None, "--valid", help="Validation data file."),
-    method: str | None = typer.Option(None, "--method", help="full or lora."),
+    method: str | None = typer.Option(None, "--method", help="full, lora or head."),
     epochs: str | None = typer.Option(None, "--epochs", help="Number of epochs or 'auto'."),
     batch_size: str | None = typer.Option(
         None, "--batch-size", help="Examples per optimizer step (all processes), or 'auto'."
@@ -441,11 +443,18 @@ def train(
     save_every: int | None = typer.Option(None, "--save-every", help="Checkpoint every N steps."),
     eval_every: int | None = typer.Option(None, "--eval-every", help="Validate every N steps."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed."),
+    from_: Path | None = typer.Option(
+        None, "--from", help="Continue from this fine-tuned model folder (full or adapter)."
+    ),
+    replay: float | None = typer.Option(
+        None, "--replay", help="With --from: share of the mix replayed from the parent's data."
+    ),
     set_: list[str] = typer.Option(
         [], "--set", help="Any config key, e.g. --set lora.r=8 (repeatable; YAML values)."
     ),
 ) -> None:
-    """Fine-tune a model (full or LoRA). Flags override the YAML config."""
+    """Fine-tune a model (full, LoRA or head; --from continues a fine-tune). Flags override
+    the YAML config; every other option (freeze, unfreeze, early_stop, task ...) via --set."""
     import warnings
 
     import yaml
@@ -500,6 +509,9 @@ def train(
 
 @app.command()
 def demo(
+    example: str = typer.Option(
+        "bank", "--example", help="bank (support chats) or search (shopping queries to JSON)."
+    ),
     workdir: Path = typer.Option(
         Path("tuneforge-demo"), "--workdir", help="Folder for everything the demo writes."
     ),
@@ -508,10 +520,498 @@ def demo(
     ),
     quick: bool = typer.Option(False, "--quick", help="A shorter run (smaller data, fewer steps)."),
 ) -> None:
-    """Walk the whole journey offline on a bundled example: check, clean, split, count, train."""
-    from tuneforge.demo.journey import run_demo
+    """The whole journey offline: clean data, lr-find, fine-tune, evaluate, compare, serve."""
+    from tuneforge.demo.journey import EXAMPLES, run_demo
 
-    run_demo(workdir, console, model=model, quick=quick)
+    if example not in EXAMPLES:
+        err_console.print(f"[red]error:[/] --example must be one of {', '.join(EXAMPLES)}")
+        raise typer.Exit(2)
+    run_demo(workdir / example, console, model=model, quick=quick, example=example)
+
+
+# ---------------------------------------------------------------------------------------------
+# tuneforge worker / jobs / models  (the fine-tuning job store: tuneforge.jobs)
+# ---------------------------------------------------------------------------------------------
+
+jobs_app = typer.Typer(help="Fine-tuning jobs: list, show, events, cancel.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+# Other commands (e.g. `models lineage`) join this group.
+models_app = typer.Typer(help="Fine-tuned models: list, export, lineage.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+_DATA_DIR_OPT = typer.Option(
+    Path("tuneforge-data"), "--data-dir", help="The job store's data directory."
+)
+_DB_URL_OPT = typer.Option(
+    None, "--database-url", help="Job store database URL (default: SQLite in --data-dir)."
+)
+_BASE_URL_OPT = typer.Option(
+    None,
+    "--base-url",
+    help="Talk to this server (e.g. http://127.0.0.1:8000) instead of the store.",
+)
+_API_KEY_OPT = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="Key for --base-url.")
+_ORG_OPT = typer.Option(None, "--org", help="Store mode: only this organization (default: all).")
+_JSON_OPT = typer.Option(False, "--json", help="Print JSON on stdout.")
+
+
+def _jobs_client(data_dir: Path, database_url, base_url, api_key, org):
+    from tuneforge.jobs.client import HttpClient, StoreClient
+
+    if base_url:
+        return HttpClient(base_url, api_key)
+    return StoreClient(data_dir, database_url, org)
+
+
+def _jobs_call(fn, *args):
+    """Run a client call; print store / HTTP errors as one line and exit 1."""
+    from tuneforge.jobs.errors import StoreError
+
+    try:
+        return fn(*args)
+    except (StoreError, RuntimeError, KeyError) as err:
+        err_console.print(f"[red]error:[/] {getattr(err, 'message', err)}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def worker(
+    data_dir: Path = _DATA_DIR_OPT,
+    database_url: str | None = _DB_URL_OPT,
+    lease_seconds: float = typer.Option(
+        30.0, "--lease-seconds", help="A worker silent this long is presumed dead."
+    ),
+    once: bool = typer.Option(False, "--once", help="Exit when no job is waiting."),
+    prewarm: bool = typer.Option(
+        True,
+        "--prewarm/--no-prewarm",
+        help="Keep a training process with torch imported ready for the next job.",
+    ),
+) -> None:
+    """Run fine-tuning jobs from the store, one at a time (Ctrl-C re-queues the current job)."""
+    import logging
+    import signal
+    import threading
+
+    from tuneforge.jobs import JobStore, Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    w = Worker(JobStore.open(data_dir, database_url), lease_s=lease_seconds, prewarm=prewarm)
+    err_console.print(f"worker {w.worker_id} on {data_dir}", highlight=False)
+    w.run(stop, once=once)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    data_dir: Path = _DATA_DIR_OPT,
+    database_url: str | None = _DB_URL_OPT,
+    base_url: str | None = _BASE_URL_OPT,
+    api_key: str | None = _API_KEY_OPT,
+    org: str | None = _ORG_OPT,
+    limit: int = typer.Option(20, "--limit", min=1, help="How many jobs, newest first."),
+    as_json: bool = _JSON_OPT,
+) -> None:
+    """List fine-tuning jobs, newest first."""
+    import json
+
+    from rich.table import Table
+
+    client = _jobs_client(data_dir, database_url, base_url, api_key, org)
+    jobs = _jobs_call(client.list_jobs, limit)
+    if as_json:
+        print(json.dumps(jobs, indent=2))
+        return
+    table = Table()
+    for col in ("id", "org", "model", "status", "step", "fine_tuned_model"):
+        table.add_column(col, overflow="fold")
+    for j in jobs:
+        tf = j.get("tuneforge") or {}
+        step = f"{tf.get('step', '')}/{tf.get('total_steps') or '?'}"
+        table.add_row(
+            j["id"],
+            j["organization_id"],
+            j["model"],
+            j["status"],
+            step,
+            j["fine_tuned_model"] or "",
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(
+    job_id: str = typer.Argument(..., help="The job id (ftjob-...)."),
+    data_dir: Path = _DATA_DIR_OPT,
+    database_url: str | None = _DB_URL_OPT,
+    base_url: str | None = _BASE_URL_OPT,
+    api_key: str | None = _API_KEY_OPT,
+    org: str | None = _ORG_OPT,
+) -> None:
+    """Print a job as JSON (OpenAI's fine_tuning.job object), with its checkpoints."""
+    import json
+
+    client = _jobs_client(data_dir, database_url, base_url, api_key, org)
+    job = _jobs_call(client.get_job, job_id)
+    job["checkpoints"] = _jobs_call(client.checkpoints, job_id)
+    print(json.dumps(job, indent=2))
+
+
+@jobs_app.command("events")
+def jobs_events(
+    job_id: str = typer.Argument(..., help="The job id (ftjob-...)."),
+    data_dir: Path = _DATA_DIR_OPT,
+    database_url: str | None = _DB_URL_OPT,
+    base_url: str | None = _BASE_URL_OPT,
+    api_key: str | None = _API_KEY_OPT,
+    org: str | None = _ORG_OPT,
+    limit: int = typer.Option(100, "--limit", min=1, help="How many of the newest events."),
+    as_json: bool = _JSON_OPT,
+) -> None:
+    """Print a job's newest events, oldest of them first."""
+    import json
+    from datetime import datetime
+
+    client = _jobs_client(data_dir, database_url, base_url, api_key, org)
+    events = list(reversed(_jobs_call(client.events, job_id, limit)))
+    if as_json:
+        print(json.dumps(events, indent=2))
+        return
+    for e in events:
+        when = datetime.fromtimestamp(e["created_at"]).strftime("%H:%M:%S")
+        style = {"warn": "yellow", "error": "red"}.get(e["level"], "")
+        console.print(f"{when} {e['message']}", style=style, markup=False, highlight=False)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(
+    job_id: str = typer.Argument(..., help="The job id (ftjob-...)."),
+    data_dir: Path = _DATA_DIR_OPT,
+    database_url: str | None = _DB_URL_OPT,
+    base_url: str | None = _BASE_URL_OPT,
+    api_key: str | None = _API_KEY_OPT,
+    org: str | None = _ORG_OPT,
+) -> None:
+    """Cancel a job (a running one stops at the end of its current step)."""
+    client = _jobs_client(data_dir, database_url, base_url, api_key, org)
+    job = _jobs_call(client.cancel, job_id)
+    pending = (job.get("tuneforge") or {}).get("control") == "cancel"
+    console.print(f"{job['id']}: {'cancelling' if pending else job['status']}")
+
+
+@models_app.command("list")
+def models_list(
+    data_dir: Path = _DATA_DIR_OPT,
+    database_url: str | None = _DB_URL_OPT,
+    base_url: str | None = _BASE_URL_OPT,
+    api_key: str | None = _API_KEY_OPT,
+    org: str | None = _ORG_OPT,
+    as_json: bool = _JSON_OPT,
+) -> None:
+    """List fine-tuned models and checkpoints (store), or every model a server serves."""
+    import json
+
+    from rich.table import Table
+
+    client = _jobs_client(data_dir, database_url, base_url, api_key, org)
+    models = _jobs_call(client.models)
+    if as_json:
+        print(json.dumps(models, indent=2))
+        return
+    table = Table()
+    for col in ("id", "owned_by", "kind", "path"):
+        table.add_column(col, overflow="fold")
+    for m in models:
+        table.add_row(m["id"], m.get("owned_by", ""), m.get("kind", ""), m.get("path", ""))
+    console.print(table)
+
+
+@models_app.command("export")
+def models_export(
+    model_id: str = typer.Argument(..., help="A fine-tuned model or checkpoint id (ft:...)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (must be empty)."),
+    merge: bool = typer.Option(
+        False, "--merge", help="Fold a LoRA adapter into its base: full safetensors weights."
+    ),
+    data_dir: Path = _DATA_DIR_OPT,
+    database_url: str | None = _DB_URL_OPT,
+    org: str | None = _ORG_OPT,
+) -> None:
+    """Copy a fine-tuned model out of the store as a standard Hugging Face folder."""
+    from tuneforge.jobs.client import StoreClient, export_model
+
+    client = StoreClient(data_dir, database_url, org)
+    source = _jobs_call(client.model_path, model_id)
+    try:
+        dest = export_model(source, out, merge=merge)
+    except (FileExistsError, OSError, ValueError) as err:
+        err_console.print(f"[red]error:[/] {err}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"{model_id} -> {dest}", highlight=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# tuneforge eval / report
+# ---------------------------------------------------------------------------------------------
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+@app.command("eval")
+def eval_(
+    model: str = typer.Option(..., "--model", help="Fine-tuned model folder (full or adapter)."),
+    data: Path = typer.Option(..., "--data", help="Hold-out file the model never trained on."),
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="Model to compare with (default: the model's base, if known)."
+    ),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Evaluate the model alone."),
+    general: Path | None = typer.Option(
+        None, "--general", help="General text whose perplexity before/after shows forgetting."
+    ),
+    blocklist: Path | None = typer.Option(
+        None, "--blocklist", help="Phrases to count in replies (the `data clean` format)."
+    ),
+    metric: list[str] = typer.Option(
+        [], "--metric", help="Custom metric module:function or file.py:function (repeatable)."
+    ),
+    max_new_tokens: int | None = typer.Option(
+        None, "--max-new-tokens", min=1, help="Longest reply (default: 2x longest reference)."
+    ),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N examples."),
+    sample: bool = typer.Option(False, "--sample", help="Sample instead of greedy decoding."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling mass."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Prompts generated together."),
+    no_generate: bool = typer.Option(False, "--no-generate", help="Likelihood metrics only."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of sampling."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Report folder (default: <model>/eval)."
+    ),
+) -> None:
+    """Evaluate a fine-tune on hold-out data against its base: metrics, deltas, report."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from tuneforge.evaluation import EvalError, EvalSettings, GenerationSettings, run_eval
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    try:
+        settings = EvalSettings(
+            max_new_tokens=max_new_tokens,
+            generation=GenerationSettings(
+                do_sample=sample,
+                temperature=temperature,
+                top_p=top_p,
+                batch_size=batch_size,
+                seed=seed,
+            ),
+            limit=limit,
+            blocklist=blocklist,
+            metrics=metric,
+            generate=not no_generate,
+            seed=seed,
+            dtype=dtype,
+        )
+        run_eval(
+            model,
+            data,
+            baseline=None if no_baseline else (baseline or "auto"),
+            general=general,
+            out_dir=out,
+            settings=settings,
+            console=console,
+        )
+    except (EvalError, ValueError, OSError) as err:
+        err_console.print(f"[red]error:[/] {_escape(str(err))}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command("report")
+def report(
+    path: Path = typer.Argument(..., help="An eval folder, or a model folder (uses <model>/eval)."),
+) -> None:
+    """Regenerate report.md / report.html from an evaluation's metrics.json."""
+    from tuneforge.evaluation import EvalError, regenerate_report
+
+    try:
+        regenerate_report(path, console)
+    except (EvalError, OSError) as err:
+        err_console.print(f"[red]error:[/] {_escape(str(err))}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# tuneforge serve  (the OpenAI-compatible server: tuneforge.server)
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    model_dir: Path | None = typer.Option(
+        None, "--model-dir", help="The model store: folders served by relative path as id."
+    ),
+    base_model: str | None = typer.Option(
+        None, "--base-model", help="Base model: id in the store, folder or Hub id."
+    ),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Server state folder."),
+    host: str | None = typer.Option(None, "--host", help="Interface to bind (127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="Port to bind (8000)."),
+    api_key: list[str] = typer.Option(
+        [], "--api-key", help="Accepted API key (repeatable; also env TUNEFORGE_API_KEYS)."
+    ),
+    api_keys_file: Path | None = typer.Option(
+        None, "--api-keys-file", help='JSON file mapping key -> organization: {"sk-..": "org"}.'
+    ),
+    dtype: str | None = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
+    device: str | None = typer.Option(None, "--device", help="torch device (default: auto)."),
+    max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="Rows per step."),
+    max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting requests before 429."),
+    max_adapters: int | None = typer.Option(None, "--max-adapters", help="Adapters kept loaded."),
+    trust_remote_code: bool = typer.Option(
+        False, "--trust-remote-code", help="Run model code from the Hub (off by default)."
+    ),
+    no_worker: bool = typer.Option(
+        False, "--no-worker", help="Do not run fine-tuning jobs here (run `tuneforge worker`)."
+    ),
+    database_url: str | None = typer.Option(
+        None, "--database-url", help="Job store database URL (default: SQLite in --data-dir)."
+    ),
+) -> None:
+    """Serve the base model and its fine-tunes with OpenAI's inference API."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from tuneforge.server.app import create_app
+    from tuneforge.server.settings import ServerSettings
+
+    try:
+        settings = ServerSettings.from_env(
+            model_dir=model_dir,
+            base_model=base_model,
+            data_dir=data_dir,
+            host=host,
+            port=port,
+            api_keys_file=api_keys_file,
+            dtype=dtype,
+            device=device,
+            max_batch_size=max_batch_size,
+            max_queue=max_queue,
+            max_adapters=max_adapters,
+            trust_remote_code=trust_remote_code or None,
+            worker=not no_worker,
+            database_url=database_url,
+        )
+        if api_key:
+            settings.api_keys = [*settings.api_keys, *api_key]
+        server_app = create_app(settings)
+    except (ValidationError, ValueError, OSError) as err:
+        err_console.print(f"[red]error:[/] {_escape(str(err))}", highlight=False)
+        raise typer.Exit(2) from None
+    auth = "on" if server_app.state.keys.enabled else "off (no API keys configured)"
+    err_console.print(
+        f"serving [bold]{server_app.state.engine.base.id}[/] from {settings.model_dir} "
+        f"on http://{settings.host}:{settings.port}/v1 (auth {auth})",
+        highlight=False,
+    )
+    uvicorn.run(server_app, host=settings.host, port=settings.port, log_level="info")
+
+
+# ---------------------------------------------------------------------------------------------
+# tuneforge lr-find / models lineage  (tuneforge.training.lr_find, tuneforge.training.lineage)
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command("lr-find")
+def lr_find_cmd(
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config (as for train)."),
+    model: str | None = typer.Option(None, "--model", help="Base model: Hub id or folder."),
+    train: Path | None = typer.Option(None, "--train", help="Training data file."),
+    method: str | None = typer.Option(None, "--method", help="full, lora or head."),
+    batch_size: str | None = typer.Option(None, "--batch-size", help="Examples per step."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="The run's output folder."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Where lr_find.csv / .png go (default: <output>/lr_find)."
+    ),
+    start_lr: float = typer.Option(1e-7, "--start-lr", help="First LR of the sweep."),
+    end_lr: float = typer.Option(1.0, "--end-lr", help="Last LR of the sweep."),
+    steps: int = typer.Option(100, "--steps", min=5, help="Sweep length in optimizer steps."),
+    rule: str = typer.Option("min_over_ten", "--rule", help="min_over_ten or steepest."),
+    set_: list[str] = typer.Option([], "--set", help="Any config key, e.g. --set lora.r=8."),
+    as_json: bool = typer.Option(False, "--json", help="Print only a JSON summary on stdout."),
+) -> None:
+    """Learning-rate range test: sweep the LR up exponentially, suggest one, plot the curve."""
+    import json
+    import sys
+
+    import yaml
+
+    from tuneforge.training.config import ConfigError, load_config
+    from tuneforge.training.lr_find import lr_find
+
+    overrides: dict[str, object] = {
+        "model.name_or_path": model,
+        "data.train": str(train) if train else None,
+        "method": method,
+        "optim.batch_size": _auto_or_number(batch_size),
+        "output.dir": str(output) if output else None,
+    }
+    try:
+        for item in set_:
+            key, sep, raw = item.partition("=")
+            if not sep or not key:
+                raise ConfigError([f"--set {item!r}: expected KEY=VALUE"])
+            overrides[key.strip()] = yaml.safe_load(raw)
+        cfg = load_config(config, overrides)
+    except ConfigError as err:
+        err_console.print(f"[red]invalid training config[/] ({len(err.problems)} problems):")
+        for problem in err.problems:
+            err_console.print(f"  - {problem}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        result = lr_find(cfg, out, start_lr, end_lr, steps, rule=rule, console=err_console)
+    except (ValueError, OSError) as err:
+        err_console.print(f"[red]error:[/] {err}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        return
+    fmt = lambda lr: f"{lr:.2e}" if lr is not None else "none"  # noqa: E731
+    console.print(
+        f"suggested lr [bold]{fmt(result.suggested)}[/] ({rule}); steepest {fmt(result.steepest)}, "
+        f"min/10 {fmt(result.min_over_ten)}; {len(result.lrs)} steps"
+        + (" (stopped: loss diverged)" if result.stopped_early else "")
+    )
+    for kind, path in result.files.items():
+        console.print(f"{kind}: {path}")
+
+
+@models_app.command("lineage")
+def models_lineage(
+    folder: Path = typer.Argument(..., help="A fine-tuned model folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the chain as a JSON list."),
+) -> None:
+    """Print where a model comes from: base -> v1 -> v2."""
+    import json
+
+    from tuneforge.training.lineage import lineage
+
+    if not folder.is_dir():
+        err_console.print(f"[red]error:[/] not a folder: {folder}", highlight=False)
+        raise typer.Exit(1)
+    chain = lineage(folder)
+    if as_json:
+        console.print_json(json.dumps(chain))
+    else:
+        console.print(" -> ".join(chain), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ from tuneforge.fsutil import atomic_write
 
 SYSTEM = "You are Ava, the support assistant of Northwind Bank. Answer briefly and politely."
 
-# intent -> (ways a customer asks, the answer the bank wants given)
-INTENTS: dict[str, tuple[list[str], str]] = {
+# intent -> (ways a customer asks, the answers the bank wants given: its own facts, worded a
+# few ways as different agents would)
+INTENTS: dict[str, tuple[list[str], list[str]]] = {
     "lost_card": (
         [
             "I lost my card",
@@ -25,8 +26,13 @@ INTENTS: dict[str, tuple[list[str], str]] = {
             "I can't find my credit card anywhere",
             "someone stole my wallet with my card",
             "card lost yesterday, help",
+            "what do I do if my card is lost",
         ],
-        "I'm sorry to hear that. I have frozen your card now. A new card will arrive in 5 working days.",
+        [
+            "I'm sorry to hear that. I have frozen your card now. A new card will arrive in 5 working days.",
+            "I have frozen your card so nobody can use it. Your new card will arrive in 5 working days.",
+            "Don't worry, your card is frozen now. We will post a new card, it arrives in 5 working days.",
+        ],
     ),
     "balance": (
         [
@@ -35,8 +41,13 @@ INTENTS: dict[str, tuple[list[str], str]] = {
             "can you tell me my account balance",
             "check my balance please",
             "how much is left on my account",
+            "what's on my account right now",
         ],
-        "You can see your balance in the app under Accounts. I can't read it out in chat for your safety.",
+        [
+            "You can see your balance in the app under Accounts. I can't read it out in chat for your safety.",
+            "Your balance is in the Northwind app under Accounts. For your safety I can't share it in chat.",
+            "Please open the app and tap Accounts to see your balance. I can't show it here for your safety.",
+        ],
     ),
     "reset_password": (
         [
@@ -45,8 +56,13 @@ INTENTS: dict[str, tuple[list[str], str]] = {
             "I can't log in to online banking",
             "my password doesn't work anymore",
             "locked out of the app",
+            "the app says my password is wrong",
         ],
-        "Tap 'Forgot password' on the login screen. We will send a reset link to your registered email.",
+        [
+            "Tap 'Forgot password' on the login screen. We will send a reset link to your registered email.",
+            "On the login screen tap 'Forgot password' and we will email you a reset link.",
+            "No problem: choose 'Forgot password' when you log in, and a reset link goes to your registered email.",
+        ],
     ),
     "opening_hours": (
         [
@@ -55,8 +71,13 @@ INTENTS: dict[str, tuple[list[str], str]] = {
             "is the branch open on saturday",
             "what time does the bank close",
             "opening times please",
+            "can I visit a branch on the weekend",
         ],
-        "Our branches are open Monday to Friday 9:00-17:00 and Saturday 9:00-12:00.",
+        [
+            "Our branches are open Monday to Friday 9:00-17:00 and Saturday 9:00-12:00.",
+            "Northwind branches open Monday to Friday from 9:00 to 17:00, and Saturday from 9:00 to 12:00.",
+            "You can visit us Monday to Friday 9:00-17:00 and on Saturday mornings 9:00-12:00. We are closed on Sunday.",
+        ],
     ),
     "transfer_limit": (
         [
@@ -65,8 +86,13 @@ INTENTS: dict[str, tuple[list[str], str]] = {
             "is there a limit on transfers",
             "can I transfer 20000 today",
             "max amount for a bank transfer",
+            "why was my big transfer refused",
         ],
-        "The daily transfer limit is 10,000 euros. You can raise it in the app under Limits.",
+        [
+            "The daily transfer limit is 10,000 euros. You can raise it in the app under Limits.",
+            "You can send up to 10,000 euros a day. To raise the limit, go to Limits in the app.",
+            "Transfers are limited to 10,000 euros per day. The app lets you raise it under Limits.",
+        ],
     ),
     "dispute": (
         [
@@ -75,8 +101,13 @@ INTENTS: dict[str, tuple[list[str], str]] = {
             "someone charged my card twice",
             "unknown transaction on my statement",
             "I was charged for something I didn't buy",
+            "how do I get my money back for a wrong payment",
         ],
-        "I can help with that. Open the payment in the app and tap 'Dispute'. We answer within 10 days.",
+        [
+            "I can help with that. Open the payment in the app and tap 'Dispute'. We answer within 10 days.",
+            "Please open the payment in the app and tap 'Dispute'. Our team will answer within 10 days.",
+            "You can dispute it yourself: tap the payment in the app, then 'Dispute'. You will hear from us within 10 days.",
+        ],
     ),
     "fees": (
         [
@@ -85,8 +116,13 @@ INTENTS: dict[str, tuple[list[str], str]] = {
             "do you charge for the debit card",
             "are there fees for withdrawals abroad",
             "is the current account free",
+            "what does it cost to take cash out abroad",
         ],
-        "The current account costs 4 euros a month. Withdrawals abroad cost 2 euros each.",
+        [
+            "The current account costs 4 euros a month. Withdrawals abroad cost 2 euros each.",
+            "Our current account is 4 euros a month, and each withdrawal abroad costs 2 euros.",
+            "It's 4 euros a month for the current account. Cash withdrawals abroad are 2 euros each.",
+        ],
     ),
     "address_change": (
         [
@@ -95,10 +131,29 @@ INTENTS: dict[str, tuple[list[str], str]] = {
             "I have a new home address",
             "how can I change my postal address",
             "change address on my account",
+            "where do I put my new address",
         ],
-        "You can change your address in the app under Profile. Bring proof of address to a branch if asked.",
+        [
+            "You can change your address in the app under Profile. Bring proof of address to a branch if asked.",
+            "Go to Profile in the app to change your address. We may ask for proof of address at a branch.",
+            "Your address can be updated in the app under Profile; if we ask, bring proof of address to a branch.",
+        ],
     ),
 }
+
+# How customers open and close a message, and how agents greet and sign off.
+OPENERS = [
+    "",
+    "Hi, ",
+    "Hello, ",
+    "Good morning, ",
+    "Hey, ",
+    "Quick question: ",
+    "Sorry to bother you, ",
+]
+CLOSERS = ["", "?", " please", ", thanks", " asap", "!", ". Thank you"]
+GREETINGS = ["", "Hello! ", "Thanks for reaching out. ", "Hi there. "]
+SIGN_OFFS = ["", " Is there anything else I can help with?", " Have a good day!"]
 
 BLOCKLISTED = [
     "people like you never pay back",
@@ -115,23 +170,28 @@ def _chat(user: str, assistant: str, *, system: bool = True) -> dict:
     return {"messages": messages}
 
 
+def _ask(rng: random.Random, asks: list[str]) -> str:
+    ask = rng.choice(OPENERS) + rng.choice(asks) + rng.choice(CLOSERS)
+    return ask[0].upper() + ask[1:]
+
+
+def _answer(rng: random.Random, answers: list[str]) -> str:
+    return rng.choice(GREETINGS) + rng.choice(answers) + rng.choice(SIGN_OFFS)
+
+
 def clean_examples(n: int, seed: int = 0) -> list[dict]:
     """`n` good conversations (some with a second turn), drawn from the intents."""
     rng = random.Random(seed)
     names = list(INTENTS)
     out = []
     for _ in range(n):
-        intent = rng.choice(names)
-        asks, answer = INTENTS[intent]
-        ask = rng.choice(asks)
-        ask = rng.choice([ask, ask.capitalize(), ask + "?", ask + ", thanks", "Hi, " + ask])
-        example = _chat(ask, answer)
+        asks, answers = INTENTS[rng.choice(names)]
+        example = _chat(_ask(rng, asks), _answer(rng, answers))
         if rng.random() < 0.2:  # a follow-up turn
-            other = rng.choice(names)
-            asks2, answer2 = INTENTS[other]
+            asks2, answers2 = INTENTS[rng.choice(names)]
             example["messages"] += [
                 {"role": "user", "content": "Also, " + rng.choice(asks2)},
-                {"role": "assistant", "content": answer2},
+                {"role": "assistant", "content": rng.choice(answers2)},
             ]
         out.append(example)
     return out

@@ -1,29 +1,53 @@
-"""`tuneforge demo`: the fine-tuning journey on a bundled example, offline.
+"""`tuneforge demo`: the guide's whole fine-tuning journey on a bundled example, offline.
 
 Each step prints the command a user would type and then runs exactly that command through the
-CLI, so what the demo shows is what the tool does.
+CLI (in this process), so what the demo shows is what the tool does. Two examples:
+
+- ``bank``: customer-support chats for a bank, deliberately dirty. Check, clean, split, count
+  tokens, find a learning rate, fine-tune with LoRA (and with gradual unfreezing), evaluate
+  against the base model with a report, and answer questions side by side.
+- ``search``: colloquial shopping queries to JSON search filters, scored by JSON field accuracy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.rule import Rule
+from rich.table import Table
 
-from tuneforge.demo.bank import clean_examples, write_bank_dataset, write_blocklist
+from tuneforge.demo.bank import SYSTEM as BANK_SYSTEM
+from tuneforge.demo.bank import write_bank_dataset, write_blocklist
+from tuneforge.demo.base import demo_base
+from tuneforge.demo.corpus import paragraphs
+from tuneforge.demo.search import SYSTEM as SEARCH_SYSTEM
+from tuneforge.demo.search import write_search_dataset
+from tuneforge.fsutil import atomic_write
+
+EXAMPLES = ("bank", "search")
+
+BANK_QUESTIONS = [
+    "Hi, I lost my card yesterday",
+    "how much does the account cost?",
+    "is the branch open on saturday",
+]
+SEARCH_QUESTIONS = ["gimme blu kicks under 50 bucks", "need a blk puffer sz L", "cheap pnk tee"]
 
 
 class Journey:
     """Runs the demo's steps in `workdir`, printing each as a command."""
 
-    def __init__(self, workdir: Path, console: Console, quick: bool = False):
+    def __init__(self, workdir: Path, console: Console):
         self.workdir = workdir
         self.console = console
-        self.quick = quick
         self.step = 0
 
     def say(self, title: str, why: str) -> None:
@@ -31,14 +55,19 @@ class Journey:
         self.console.print(Rule(f"[bold]{self.step}. {title}"))
         self.console.print(f"[dim]{why}[/dim]")
 
-    def run(self, *args: str, expect_fail: bool = False) -> int:
-        """Run `tuneforge ARGS` in-process, showing the command first; returns the exit code."""
+    def run(self, *args: str, expect_fail: bool = False, stdout: io.StringIO | None = None) -> int:
+        """Run `tuneforge ARGS` in-process, showing the command first; returns the exit code.
+
+        With `stdout`, what the command prints on standard output is captured there.
+        """
         from tuneforge.cli import app
 
         shown = " ".join(shlex.quote(a) for a in args)
-        self.console.print(f"\n[bold cyan]$ tuneforge {shown}[/bold cyan]")
+        self.console.print(f"\n[bold cyan]$ tuneforge {shown}[/bold cyan]", highlight=False)
+        capture = contextlib.redirect_stdout(stdout) if stdout else contextlib.nullcontext()
         try:
-            app(list(args), standalone_mode=False)
+            with capture:
+                app(list(args), standalone_mode=False)
             code = 0
         except typer.Exit as e:
             code = e.exit_code
@@ -48,45 +77,72 @@ class Journey:
             raise RuntimeError(f"`tuneforge {shown}` failed with exit code {code}")
         return code
 
+    def run_json(self, *args: str) -> Any:
+        """Run a command that prints JSON (`--json`) and return what it printed, parsed."""
+        out = io.StringIO()
+        self.run(*args, stdout=out)
+        return json.loads(out.getvalue())
+
     def path(self, name: str) -> str:
         return str(self.workdir / name)
 
 
-def build_demo_base(folder: Path, console: Console) -> Path:
-    """A small Llama model and BPE tokenizer made locally for the demo (nothing is downloaded)."""
-    from tuneforge.modeling.tiny import build_model, save_model_folder, train_tokenizer
-
-    if (folder / "config.json").exists():
-        return folder
-    corpus = []
-    for example in clean_examples(2000, seed=1):
-        corpus += [m["content"] for m in example["messages"]]
-    tokenizer = train_tokenizer(corpus, vocab_size=1024)
-    model = build_model(tokenizer, arch="llama", hidden_size=128, num_layers=4, num_heads=4)
-    console.print(
-        f"[dim]built a {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M-parameter Llama "
-        f"with a {len(tokenizer)}-token BPE tokenizer in {folder}[/dim]"
-    )
-    return save_model_folder(model, tokenizer, folder)
+def write_general_text(path: Path, n: int = 60, seed: int = 99) -> Path:
+    """General-domain prose the base model knows (a different seed than its pretraining):
+    its perplexity before and after a fine-tune shows what the fine-tune forgot."""
+    with atomic_write(path) as f:
+        f.write("\n\n".join(paragraphs(n, seed)) + "\n")
+    return path
 
 
 def run_demo(
-    workdir: Path, console: Console, model: str | None = None, quick: bool = False
-) -> None:
-    """Walk the journey: write dirty data, check, clean, split, count tokens, fine-tune."""
+    workdir: Path,
+    console: Console,
+    model: str | None = None,
+    quick: bool = False,
+    example: str = "bank",
+) -> dict[str, Any]:
+    """Walk the journey for `example` in `workdir`; returns the evaluation's comparison."""
+    if example not in EXAMPLES:
+        raise ValueError(f"unknown example {example!r}; choose one of {', '.join(EXAMPLES)}")
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    # peft reads a transformers attribute deprecated in v5; the warning is not the user's concern.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     started = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    j = Journey(workdir, console, quick=quick)
+    j = Journey(workdir, console)
+    walk = _bank if example == "bank" else _search
+    result = walk(j, model, quick)
+    console.print(Rule(f"[bold green]demo finished in {time.perf_counter() - started:.0f} s"))
+    console.print(f"Everything it wrote is in {workdir}", highlight=False)
+    return result
 
-    j.say("A dataset", "Customer-support chats for a bank, dirty as real logs are.")
-    raw = write_bank_dataset(workdir / "bank.jsonl", n=150 if quick else 400)
-    blocklist = write_blocklist(workdir / "blocklist.txt")
-    console.print(f"wrote {raw} and {blocklist}")
 
+def _base_model(j: Journey, model: str | None) -> str:
     j.say(
-        "Check it",
-        "Every problem with its line number and a fix; training would fail on this file.",
+        "A pretrained base model",
+        "Transfer learning starts from a pretrained GPT. The demo's own is a small Llama that "
+        "TuneForge pretrained on general conversations (nothing is downloaded); "
+        "--model uses a Hugging Face model instead.",
     )
+    base = model or str(demo_base(j.console))
+    j.console.print(f"base model: {base}", highlight=False)
+    return base
+
+
+def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
+    console = j.console
+    j.say("A dataset", "Customer-support chats for a bank, dirty as real logs are.")
+    raw = write_bank_dataset(j.workdir / "bank.jsonl", n=250 if quick else 400)
+    blocklist = write_blocklist(j.workdir / "blocklist.txt")
+    general = write_general_text(j.workdir / "general.txt", n=30 if quick else 60)
+    console.print(f"wrote {raw}, {blocklist} and {general}", highlight=False)
+
+    j.say("Check it", "Every problem with its line number and a fix; training would fail on it.")
     j.run("data", "check", str(raw), "--limit", "12", expect_fail=True)
 
     j.say(
@@ -100,19 +156,145 @@ def run_demo(
     j.run("data", "check", cleaned)
 
     j.say("Hold out a validation set", "A seeded split; duplicates never straddle it.")
+    train, valid = j.path("train.jsonl"), j.path("valid.jsonl")
     j.run(
         "data", "split", cleaned, "--valid", "0.1", "--seed", "0",
-        "--train-out", j.path("train.jsonl"), "--valid-out", j.path("valid.jsonl"),
+        "--train-out", train, "--valid-out", valid,
     )  # fmt: skip
 
-    j.say(
-        "A base model", "A pretrained GPT to transfer from (built locally: nothing is downloaded)."
-    )
-    base = model or str(build_demo_base(workdir / "base-model", console))
+    base = _base_model(j, model)
 
     j.say("Count tokens", "With the model's own tokenizer and chat template.")
-    j.run("data", "stats", j.path("train.jsonl"), "--model", base)
-    j.run("data", "inspect", j.path("train.jsonl"), "--model", base, "--count", "1")
+    j.run("data", "stats", train, "--model", base)
+    j.say("See what is trained", "Highlighted tokens are learned; the rest is context.")
+    j.run("data", "inspect", train, "--model", base, "--count", "1")
 
-    console.print(Rule(f"[bold green]demo finished in {time.perf_counter() - started:.0f} s"))
-    console.print(f"Everything it wrote is in {workdir}")
+    out = j.path("runs/bank-lora")
+    j.say("Find a learning rate", "An LR range test on a copy of the weights: loss vs LR.")
+    sweep = j.run_json(
+        "lr-find", "--model", base, "--train", train, "--method", "lora",
+        "--output", out, "--steps", "40" if quick else "80", "--json",
+    )  # fmt: skip
+    lr = _usable_lr(sweep.get("suggested"))
+    console.print(
+        f"suggested learning rate {sweep.get('suggested')}; the curve is in "
+        f"{sweep['files'].get('png', sweep['files'])}",
+        highlight=False,
+    )
+
+    j.say("Fine-tune with LoRA", "A low-rank adapter on the frozen base; loss and LR each step.")
+    j.run(
+        "train", "--model", base, "--train", train, "--valid", valid, "--method", "lora",
+        "--lr", f"{lr:.2e}", "--epochs", "2" if quick else "3", "--eval-every", "20",
+        "--set", "lora.r=16", "--set", "lora.alpha=32", "--output", out, "--seed", "0",
+    )  # fmt: skip
+
+    if not quick:
+        j.say(
+            "Or: gradual unfreezing",
+            "The guide's recipe for full fine-tuning: train the head, then unfreeze one block "
+            "at a time from the top, lower blocks at a smaller learning rate.",
+        )
+        j.run(
+            "train", "--model", base, "--train", train, "--valid", valid, "--method", "full",
+            "--lr", "1e-3", "--epochs", "2", "--set", "unfreeze.every=epoch",
+            "--set", "unfreeze.start_blocks=1", "--set", "optim.layer_decay=0.7",
+            "--output", j.path("runs/bank-unfreeze"), "--seed", "0",
+        )  # fmt: skip
+
+    j.say(
+        "Evaluate on the hold-out set",
+        "Base vs fine-tuned: loss, replies scored against the references, reply length, "
+        "blocklisted phrases, and forgetting on general text.",
+    )
+    report = j.path("runs/bank-lora/eval")
+    j.run(
+        "eval", "--model", out, "--baseline", base, "--data", valid,
+        "--general", str(general), "--blocklist", str(blocklist), "--out", report,
+    )  # fmt: skip
+    console.print(f"report: {report}/report.html", highlight=False)
+
+    _side_by_side(j, base, out, BANK_SYSTEM, BANK_QUESTIONS)
+    _deploy_hint(j, base, out)
+    return json.loads(Path(report, "metrics.json").read_text())
+
+
+def _search(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
+    j.say(
+        "A dataset",
+        "Colloquial shopping queries (slang, typos) and the JSON filters the search needs.",
+    )
+    data = write_search_dataset(j.workdir / "search.jsonl", n=300 if quick else 600)
+    j.run("data", "check", str(data))
+    train, valid = j.path("train.jsonl"), j.path("valid.jsonl")
+    j.run(
+        "data", "split", str(data), "--valid", "0.1", "--seed", "0",
+        "--train-out", train, "--valid-out", valid,
+    )  # fmt: skip
+    base = _base_model(j, model)
+    out = j.path("runs/search-lora")
+    j.say("Fine-tune with LoRA", "The base model has never seen JSON filters.")
+    j.run(
+        "train", "--model", base, "--train", train, "--valid", valid, "--method", "lora",
+        "--lr", "3e-3", "--epochs", "2" if quick else "4", "--eval-every", "40",
+        "--set", "lora.r=32", "--set", "lora.alpha=64", "--output", out, "--seed", "0",
+    )  # fmt: skip
+    j.say("Evaluate", "JSON validity and per-field accuracy, base vs fine-tuned.")
+    report = j.path("runs/search-lora/eval")
+    j.run("eval", "--model", out, "--baseline", base, "--data", valid, "--out", report)
+    _side_by_side(j, base, out, SEARCH_SYSTEM, SEARCH_QUESTIONS)
+    _deploy_hint(j, base, out)
+    return json.loads(Path(report, "metrics.json").read_text())
+
+
+def _usable_lr(suggested: float | None) -> float:
+    """The sweep's suggestion, kept inside the range where LoRA on the demo model is stable."""
+    if suggested is None:
+        return 2e-3
+    return min(5e-3, max(5e-4, suggested))
+
+
+def _side_by_side(j: Journey, base: str, tuned: str, system: str, questions: list[str]) -> None:
+    from tuneforge.evaluation import GenerationSettings, generate_replies, load_for_eval
+    from tuneforge.evaluation.generate import stop_token_ids
+    from tuneforge.tokenize import render_prompt
+
+    j.say("Ask both models", "The same questions to the base model and to the fine-tune.")
+    settings = GenerationSettings(max_new_tokens=64, batch_size=len(questions))
+    conversations = [
+        [{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions
+    ]
+    answers = {}
+    for name, folder in (("base", base), ("fine-tuned", tuned)):
+        loaded = load_for_eval(folder)
+        prompts = [render_prompt(c, loaded.tokenizer) for c in conversations]
+        stops = stop_token_ids(loaded.model, loaded.tokenizer)
+        replies = generate_replies(loaded.model, loaded.tokenizer, prompts, settings, stops)
+        answers[name] = [r.text for r in replies]
+    table = Table(show_lines=True)
+    table.add_column("question")
+    table.add_column("base model")
+    table.add_column("fine-tuned")
+    for i, q in enumerate(questions):
+        table.add_row(q, answers["base"][i], answers["fine-tuned"][i])
+    j.console.print(table)
+
+
+def _deploy_hint(j: Journey, base: str, tuned: str) -> None:
+    j.say("Deploy it", "Serve base and fine-tune behind OpenAI's API; any OpenAI client works.")
+    store = Path(tuned).parent
+    j.console.print(
+        f"[bold cyan]$ tuneforge serve --model-dir {store} --base-model {base}[/bold cyan]\n",
+        highlight=False,
+    )
+    j.console.print(
+        "from openai import OpenAI\n"
+        'client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")\n'
+        "reply = client.chat.completions.create(\n"
+        f'    model="{Path(tuned).name}",\n'
+        '    messages=[{"role": "user", "content": "I lost my card"}],\n'
+        ")\n"
+        "print(reply.choices[0].message.content)",
+        highlight=False,
+        markup=False,
+    )

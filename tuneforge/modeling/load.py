@@ -50,6 +50,50 @@ def load_model_and_tokenizer(
     return model, tokenizer
 
 
+def load_classifier(
+    name_or_path: str,
+    labels: list[str],
+    dtype: str | torch.dtype = "fp32",
+    trust_remote_code: bool = False,
+    device: str | torch.device | None = None,
+) -> tuple[PreTrainedModel, object]:
+    """Load a causal LM's body under a new sequence-classification head, and its tokenizer.
+
+    The result is the architecture's `*ForSequenceClassification` (e.g.
+    `LlamaForSequenceClassification`): the LM head is dropped and a linear `score` head over
+    the last non-pad token is initialised. `id2label` / `label2id` go into the config, so the
+    saved folder loads with `AutoModelForSequenceClassification` and names its classes.
+
+    Example:
+        >>> model, tok = load_classifier("Qwen/Qwen2.5-0.5B", ["billing", "card", "other"])
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from tuneforge.tokenize import ensure_chat_template
+
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    ensure_chat_template(tokenizer)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        name_or_path,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        dtype=torch_dtype,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+    )
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    # The head pools the last token that is not padding: it must know the pad id.
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if device is not None:
+        model.to(device)
+    return model, tokenizer
+
+
 def unwrap_model(model: nn.Module) -> nn.Module:
     """Strip training wrappers (DDP/FSDP `.module`, torch.compile `._orig_mod`).
 

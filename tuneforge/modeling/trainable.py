@@ -4,16 +4,21 @@ Every fine-tuning method is model surgery plus one `TrainablePlan`:
 
 - full: every parameter trains;
 - lora: `apply_lora` injects adapters (peft), and only `lora_` parameters train;
-- frozen layers, head-only, gradual unfreezing and layer-wise learning rates are further
-  `ParamRule`s over parameter names (block indices come from `find_blocks`).
+- head: only the LM head (or a classification head) trains;
+- frozen layers, gradual unfreezing and layer-wise learning rates are further `ParamRule`s
+  over parameter names, placed by `Layout` (embeddings, blocks from `find_blocks`, top).
 
 A plan maps each parameter name to a `ParamSetting` (trainable, group, lr_scale,
 weight_decay); `apply` sets `requires_grad`, `param_groups` builds the AdamW groups.
+`TrainableSpec` + `build_plan` is the whole transfer-learning surface in one place: the
+training loop asks for a plan, never branches on the method.
 
 Example:
     >>> model = apply_lora(model, LoraSpec(r=8))
     >>> plan = plan_for_method(model, "lora", weight_decay=0.01)
     >>> optimizer = torch.optim.AdamW(plan.param_groups(model, lr=2e-4))
+    >>> spec = TrainableSpec("full", freeze_blocks=2, layer_decay=0.8, unfrozen_blocks=1)
+    >>> plan = build_plan(model, spec).apply(model)  # head + top block train, lower LR below
 """
 
 from __future__ import annotations
@@ -56,8 +61,12 @@ def lora_targets(model: nn.Module) -> list[str] | str:
     return list(LORA_TARGETS.get(model_type, [])) or "all-linear"
 
 
-def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
-    """Wrap `model` in a peft `PeftModel` with LoRA adapters (base weights frozen by peft)."""
+def apply_lora(model: nn.Module, spec: LoraSpec, task_type: str = "CAUSAL_LM") -> nn.Module:
+    """Wrap `model` in a peft `PeftModel` with LoRA adapters (base weights frozen by peft).
+
+    `task_type="SEQ_CLS"` for a sequence classifier: peft then also trains and saves the new
+    classification head in full (`modules_to_save`).
+    """
     from peft import LoraConfig, get_peft_model
 
     targets = list(spec.target_modules) if spec.target_modules else lora_targets(model)
@@ -68,7 +77,7 @@ def apply_lora(model: nn.Module, spec: LoraSpec) -> nn.Module:
         target_modules=targets,
         # GPT-2 style Conv1D layers store weights transposed.
         fan_in_fan_out=getattr(base_causal_lm(model).config, "model_type", None) == "gpt2",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, config)
 
@@ -154,16 +163,20 @@ class TrainablePlan:
             param.requires_grad_(self.settings[name].trainable)
         return self
 
-    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+    def param_groups(
+        self, model: nn.Module, lr: float, names: Iterable[str] | None = None
+    ) -> list[dict]:
         """AdamW parameter groups: one per (group, lr_scale, weight_decay), trainable only.
 
         Each group carries `lr`, `weight_decay`, its `name` and `lr_scale` (schedulers scale
-        the base LR of each group, so the multiplier survives scheduling).
+        the base LR of each group, so the multiplier survives scheduling). `names` restricts
+        the groups to those parameters (gradual unfreezing adds the newly trainable ones).
         """
+        only = set(names) if names is not None else None
         groups: dict[tuple[str, float, float], dict] = {}
         for name, param in model.named_parameters():
             s = self.settings[name]
-            if not s.trainable:
+            if not s.trainable or (only is not None and name not in only):
                 continue
             key = (s.group, s.lr_scale, s.weight_decay)
             if key not in groups:
@@ -176,6 +189,9 @@ class TrainablePlan:
                 }
             groups[key]["params"].append(param)
         return list(groups.values())
+
+    def trainable_names(self) -> set[str]:
+        return {name for name, s in self.settings.items() if s.trainable}
 
     def counts(self, model: nn.Module) -> tuple[int, int]:
         """(trainable parameter count, total parameter count)."""
@@ -201,12 +217,135 @@ def block_rules(model: nn.Module, trainable_blocks: Iterable[int]) -> list[Param
     ]
 
 
-def plan_for_method(model: nn.Module, method: str, weight_decay: float = 0.0) -> TrainablePlan:
-    """The plan of a fine-tuning method: "full" (everything) or "lora" (adapters only)."""
+def _exact(names: Iterable[str]) -> str:
+    """A regex matching exactly these parameter names."""
+    return "^(" + "|".join(re.escape(n) for n in sorted(names)) + ")$"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each parameter of a model sits, bottom to top.
+
+    Positions: 0 for the embeddings (and anything else outside the blocks that is an
+    `nn.Embedding`), `i + 1` for transformer block `i`, `n_blocks + 1` for the top (final
+    norm, LM head, classification head). `head` names the head's parameters; with tied
+    embeddings (GPT-2) the head *is* the input embedding matrix, named once.
+    """
+
+    n_blocks: int
+    position: dict[str, int]
+    head: frozenset[str]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> Layout:
+        lm = base_causal_lm(model)
+        path, blocks = find_blocks(model)
+        block_re = re.compile(rf"(^|\.){re.escape(path)}\.(\d+)\.")
+        head_module = lm.get_output_embeddings()
+        if head_module is None:  # *ForSequenceClassification and friends
+            head_module = getattr(lm, "score", None) or getattr(lm, "classifier", None)
+        head_ids = {id(p) for p in head_module.parameters()} if head_module is not None else set()
+        embedding_ids = {
+            id(p)
+            for m in lm.modules()
+            if isinstance(m, nn.Embedding)
+            for p in m.parameters(recurse=False)
+        }
+        position, head = {}, set()
+        for name, param in model.named_parameters():
+            m = block_re.search(name)
+            if m:
+                position[name] = int(m.group(2)) + 1
+            elif id(param) in embedding_ids and id(param) not in head_ids:
+                position[name] = 0
+            else:
+                position[name] = len(blocks) + 1
+            if id(param) in head_ids:
+                head.add(name)
+        return cls(len(blocks), position, frozenset(head))
+
+    def names(self, positions: Iterable[int]) -> set[str]:
+        wanted = set(positions)
+        return {n for n, pos in self.position.items() if pos in wanted}
+
+
+@dataclass(frozen=True)
+class TrainableSpec:
+    """Everything that decides which parameters train and at what LR, in one value.
+
+    Args:
+        method: "full" (every weight), "lora" (adapter weights; apply `apply_lora` first) or
+            "head" (only the LM / classification head).
+        freeze_blocks: the first N transformer blocks never train.
+        freeze_embeddings: the input embeddings never train.
+        freeze_patterns: regexes over parameter names that never train.
+        layer_decay: block i of n trains at lr * layer_decay^(n-1-i), the embeddings at
+            lr * layer_decay^n; the top (final norm, head) at lr.
+        head_lr_scale: extra LR multiplier of the head.
+        unfrozen_blocks: gradual unfreezing; None: no limit; k: only the top k blocks (and the
+            head, and the top norm) may train; k > n_blocks also lets the embeddings train.
+        weight_decay: AdamW decay of matrices (never of norms, biases, embeddings).
+    """
+
+    method: str = "full"
+    freeze_blocks: int = 0
+    freeze_embeddings: bool = False
+    freeze_patterns: tuple[str, ...] = ()
+    layer_decay: float = 1.0
+    head_lr_scale: float = 1.0
+    unfrozen_blocks: int | None = None
+    weight_decay: float = 0.0
+
+
+def method_rules(layout: Layout, method: str) -> tuple[list[ParamRule], bool]:
+    """(rules, default_trainable) of a fine-tuning method."""
     if method == "full":
-        return TrainablePlan.build(model, [], weight_decay, default_trainable=True)
+        return [], True
     if method == "lora":
-        return TrainablePlan.build(
-            model, [ParamRule(r"\.lora_", trainable=True)], weight_decay, default_trainable=False
-        )
-    raise ValueError(f"unknown method {method!r}; choose 'full' or 'lora'")
+        # modules_to_save: a new classification head, trained whole next to the adapters.
+        return [ParamRule(r"\.(lora_|modules_to_save\.)", trainable=True)], False
+    if method == "head":
+        if not layout.head:
+            raise ValueError("this model has no head to train on its own")
+        return [ParamRule(_exact(layout.head), trainable=True)], False
+    raise ValueError(f"unknown method {method!r}; choose 'full', 'lora' or 'head'")
+
+
+def build_plan(model: nn.Module, spec: TrainableSpec) -> TrainablePlan:
+    """The `TrainablePlan` of `spec` on `model`.
+
+    Rules, later winning: the method's, then the gradual-unfreezing limit, then the frozen
+    parameters, then one optimizer group per layer position with its LR scale. Each block is
+    its own group, so a block unfrozen later can join the optimizer as a new group.
+    """
+    layout = Layout.of(model)
+    n = layout.n_blocks
+    rules, default_trainable = method_rules(layout, spec.method)
+    if spec.unfrozen_blocks is not None:
+        lowest_open = n + 1 - spec.unfrozen_blocks  # position of the lowest unfrozen block
+        closed = layout.names(range(0, max(0, lowest_open))) - layout.head
+        if closed:
+            rules.append(ParamRule(_exact(closed), trainable=False))
+    frozen = layout.names(range(1, 1 + spec.freeze_blocks))
+    if spec.freeze_embeddings:
+        frozen |= layout.names([0]) - layout.head
+    if frozen:
+        rules.append(ParamRule(_exact(frozen), trainable=False))
+    rules += [ParamRule(p, trainable=False) for p in spec.freeze_patterns]
+    for pos in range(n + 2):
+        names = layout.names([pos]) - layout.head
+        if names:
+            group = "embeddings" if pos == 0 else f"block.{pos - 1}" if pos <= n else "top"
+            scale = spec.layer_decay ** (n - pos) if pos <= n else 1.0
+            rules.append(ParamRule(_exact(names), group=group, lr_scale=scale))
+    if layout.head:
+        rules.append(ParamRule(_exact(layout.head), group="head", lr_scale=spec.head_lr_scale))
+    return TrainablePlan.build(model, rules, spec.weight_decay, default_trainable)
+
+
+def plan_for_method(model: nn.Module, method: str, weight_decay: float = 0.0) -> TrainablePlan:
+    """The plan of a fine-tuning method alone: "full", "lora" (adapters only) or "head"."""
+    if method == "head":
+        return build_plan(model, TrainableSpec("head", weight_decay=weight_decay))
+    rules, default_trainable = method_rules(Layout.of(model), method)
+    return TrainablePlan.build(model, rules, weight_decay, default_trainable)

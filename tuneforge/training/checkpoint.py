@@ -46,6 +46,11 @@ class TrainState:
     elapsed: float = 0.0
     best_valid_loss: float | None = None
     valid_loss: float | None = None
+    # Gradual unfreezing: top blocks open for training (None: no schedule).
+    unfrozen_blocks: int | None = None
+    # Early stopping: the loss to beat by min_delta, and evaluations since it was set.
+    early_stop_best: float | None = None
+    evals_without_improvement: int = 0
     # What the saved position means: resuming with another data order would silently
     # train on the wrong examples, so the recipe refuses a mismatch.
     data_order: dict[str, Any] | None = None
@@ -192,6 +197,16 @@ def load_checkpoint(
     return read_state(path)
 
 
+def best_checkpoint(root: str | Path) -> Path | None:
+    """The checkpoint with the lowest recorded validation loss (the earliest on a tie)."""
+    scored = [
+        (s.valid_loss, p)
+        for p in list_checkpoints(root)
+        if (s := read_state(p)).valid_loss is not None
+    ]
+    return min(scored, key=lambda x: x[0])[1] if scored else None
+
+
 def prune_checkpoints(root: str | Path, keep_last: int, keep_best: bool) -> list[Path]:
     """Delete old checkpoints, keeping the newest `keep_last` and (optionally) the one with the
     lowest recorded validation loss. Also removes leftovers of interrupted saves."""
@@ -200,10 +215,9 @@ def prune_checkpoints(root: str | Path, keep_last: int, keep_best: bool) -> list
         shutil.rmtree(leftover, ignore_errors=True)
     found = list_checkpoints(root)
     keep = set(found[-keep_last:])
-    if keep_best:
-        scored = [(s.valid_loss, p) for p in found if (s := read_state(p)).valid_loss is not None]
-        if scored:
-            keep.add(min(scored, key=lambda x: x[0])[1])
+    best = best_checkpoint(root) if keep_best else None
+    if best is not None:
+        keep.add(best)
     removed = [p for p in found if p not in keep]
     for p in removed:
         shutil.rmtree(p)

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 Auto = Literal["auto"]
 
@@ -36,7 +44,7 @@ class ModelSection(_Section):
 
     name_or_path: str = Field(
         description="Hugging Face Hub id or local folder of an AutoModelForCausalLM "
-        "(safetensors weights only)."
+        "(safetensors weights only). With parent.model it defaults to the parent folder."
     )
     dtype: Literal["fp32", "bf16"] = Field(
         "fp32",
@@ -98,6 +106,116 @@ class LoraSection(_Section):
     )
 
 
+class FreezeSection(_Section):
+    """Parameters that never train (on top of what the method trains)."""
+
+    blocks: int | float = Field(
+        0,
+        ge=0,
+        description="Freeze the first N transformer blocks (an integer), or this fraction of "
+        "them (a number below 1, rounded down).",
+    )
+    embeddings: bool | None = Field(
+        None,
+        description="Freeze the input embeddings. Default: frozen whenever any block is frozen.",
+    )
+    patterns: list[str] = Field(
+        default_factory=list,
+        description="Regexes (re.search) over parameter names; matching parameters are frozen.",
+    )
+
+    @field_validator("blocks")
+    @classmethod
+    def _blocks(cls, v: int | float) -> int | float:
+        if isinstance(v, float) and not v < 1:
+            raise ValueError("a fraction must be below 1; use an integer for a number of blocks")
+        return v
+
+
+class UnfreezeSection(_Section):
+    """Gradual unfreezing (ULMFiT): train the top first, then one more block at a time."""
+
+    every: int | Literal["epoch"] | None = Field(
+        None,
+        description="Unfreeze one more block (top down) every N optimizer steps, or every "
+        "'epoch'. null disables gradual unfreezing.",
+    )
+    start_blocks: int = Field(
+        0,
+        ge=0,
+        description="Blocks trainable from the start, besides the head (LoRA without a head "
+        "needs at least 1).",
+    )
+    depth: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many blocks are trainable. null: every block that is not "
+        "frozen, then the embeddings (unless frozen).",
+    )
+
+
+class EarlyStopSection(_Section):
+    """Stop when the validation loss stops improving."""
+
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many evaluations without an improvement of min_delta. "
+        "null disables early stopping (needs eval.eval_every).",
+    )
+    min_delta: float = Field(
+        0.0, ge=0, description="Smallest decrease of valid_loss that counts as an improvement."
+    )
+    export_best: bool = Field(
+        True,
+        description="Export the weights of the best evaluation (not the last step) to the "
+        "output folder.",
+    )
+
+
+class ClassifySection(_Section):
+    """Sequence classification (task 'classify'): {"text": ..., "label": ...} examples."""
+
+    labels: list[str] | None = Field(
+        None,
+        description="Class names in id order. Default: the sorted distinct labels of the "
+        "training file.",
+    )
+
+
+class ParentSection(_Section):
+    """Continued fine-tuning: start from an earlier TuneForge fine-tune."""
+
+    model: Path | None = Field(
+        None,
+        description="Fine-tuned model folder to continue from (full weights, or an adapter on "
+        "its base). Its tuneforge.json gives the base model and the data to replay.",
+    )
+    replay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the training mix drawn from the parent's training data, against "
+        "forgetting (0.2: one example in five is replayed).",
+    )
+    lr_factor: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="With optim.lr 'auto', the LR is the parent's LR times this factor.",
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _is_model_folder(cls, v: Path | None) -> Path | None:
+        has_weights = v is None or any(
+            (Path(v) / name).is_file() for name in ("config.json", "adapter_config.json")
+        )
+        if not has_weights:
+            raise ValueError(f"not a model folder (no config.json or adapter_config.json): {v}")
+        return v
+
+
 class OptimSection(_Section):
     """Optimizer, batch and learning-rate schedule."""
 
@@ -135,6 +253,16 @@ class OptimSection(_Section):
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float | None = Field(
         1.0, description="Clip the global gradient norm to this value; null disables clipping."
+    )
+    layer_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise LR decay: block i of n trains at lr * layer_decay^(n-1-i), the "
+        "embeddings at lr * layer_decay^n; 1 gives every layer the same LR.",
+    )
+    head_lr_scale: float = Field(
+        1.0, gt=0, description="LR multiplier of the LM or classification head."
     )
 
     @field_validator("epochs", "batch_size")
@@ -216,24 +344,82 @@ class TrainConfig(_Section):
 
     model: ModelSection
     data: DataSection
-    method: Literal["full", "lora"] = Field(
-        "lora", description="full: train every weight; lora: train a low-rank adapter only."
+    task: Literal["causal_lm", "classify"] = Field(
+        "causal_lm",
+        description="causal_lm: next-token prediction; classify: a sequence-classification "
+        "head on the last non-pad token, trained on {'text', 'label'} examples.",
+    )
+    method: Literal["full", "lora", "head"] = Field(
+        "lora",
+        description="full: train every weight; lora: train a low-rank adapter only; head: "
+        "train only the LM (or classification) head on a frozen body.",
     )
     lora: LoraSection = Field(default_factory=LoraSection)
+    freeze: FreezeSection = Field(default_factory=FreezeSection)
+    unfreeze: UnfreezeSection = Field(default_factory=UnfreezeSection)
+    classify: ClassifySection = Field(default_factory=ClassifySection)
+    parent: ParentSection = Field(default_factory=ParentSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    early_stop: EarlyStopSection = Field(default_factory=EarlyStopSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     output: OutputSection
     seed: int = Field(42, description="Seed for weights init of adapters, data order, dropout.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_parent(cls, raw: Any) -> Any:
+        # `train --from v1` needs no --model: the parent folder names its own weights.
+        if isinstance(raw, dict) and isinstance(raw.get("parent"), dict):
+            parent = raw["parent"].get("model")
+            model = raw.get("model")
+            if parent is not None and (model is None or isinstance(model, dict)):
+                model = dict(model or {})
+                model.setdefault("name_or_path", str(parent))
+                raw = {**raw, "model": model}
+        return raw
+
     # Cross-section checks are field validators on the later field (fields validate in
     # order), so they are reported together with every other problem.
+    @field_validator("method")
+    @classmethod
+    def _method_fits_task(cls, v: str, info: ValidationInfo) -> str:
+        data = info.data.get("data")
+        if info.data.get("task") == "classify" and data is not None and data.packing:
+            raise ValueError("task 'classify' does not support data.packing")
+        return v
+
+    @field_validator("parent")
+    @classmethod
+    def _model_or_parent(cls, v: ParentSection, info: ValidationInfo) -> ParentSection:
+        if v.model is not None and info.data.get("task") == "classify":
+            raise ValueError("continued fine-tuning (parent.model) supports task 'causal_lm' only")
+        if v.replay and v.model is None:
+            raise ValueError("replay needs parent.model")
+        return v
+
     @field_validator("eval")
     @classmethod
     def _eval_needs_valid(cls, v: EvalSection, info: ValidationInfo) -> EvalSection:
         data = info.data.get("data")
         if v.eval_every is not None and data is not None and data.valid is None:
             raise ValueError("eval_every needs data.valid")
+        return v
+
+    @field_validator("early_stop")
+    @classmethod
+    def _early_stop_needs_eval(cls, v: EarlyStopSection, info: ValidationInfo) -> EarlyStopSection:
+        ev = info.data.get("eval")
+        if v.patience is not None and ev is not None and ev.eval_every is None:
+            raise ValueError("early stopping needs eval.eval_every (and data.valid)")
+        return v
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _best_is_kept(cls, v: CheckpointSection, info: ValidationInfo) -> CheckpointSection:
+        es = info.data.get("early_stop")
+        if es is not None and es.patience is not None and es.export_best and not v.keep_best:
+            raise ValueError("early_stop.export_best needs checkpoint.keep_best")
         return v
 
     @field_validator("output")
@@ -333,12 +519,16 @@ def auto_batch_size(n_examples: int) -> int:
 
 
 def auto_lr(method: str) -> float:
-    """Peak learning rate per method: adapters tolerate (and need) a larger step."""
-    return 2e-4 if method == "lora" else 2e-5
+    """Peak learning rate per method: adapters and a lone head tolerate (and need) a larger
+    step than the whole network."""
+    return 2e-5 if method == "full" else 2e-4
 
 
-def resolve_auto(cfg: TrainConfig, n_examples: int, multiple_of: int = 1) -> TrainConfig:
-    """Replace every "auto" with a number; `multiple_of` is grad_accum x world size.
+def resolve_auto(
+    cfg: TrainConfig, n_examples: int, multiple_of: int = 1, lr: float | None = None
+) -> TrainConfig:
+    """Replace every "auto" with a number; `multiple_of` is grad_accum x world size, `lr` the
+    LR to use for "auto" instead of `auto_lr` (continued fine-tuning lowers the parent's).
 
     Returns a new config; the input is untouched.
     """
@@ -349,7 +539,7 @@ def resolve_auto(cfg: TrainConfig, n_examples: int, multiple_of: int = 1) -> Tra
         bs = auto_batch_size(n_examples)
         optim.batch_size = max(multiple_of, bs - bs % multiple_of)
     if optim.lr == "auto":
-        optim.lr = auto_lr(cfg.method)
+        optim.lr = lr if lr is not None else auto_lr(cfg.method)
     return cfg.model_copy(update={"optim": optim})
 
 

@@ -13,13 +13,16 @@ exactly equivalent to one large batch.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tuneforge.modeling.load import base_causal_lm, body_and_head
-from tuneforge.tokenize import IGNORE_INDEX
+from tuneforge.tokenize import IGNORE_INDEX, collate_padded
 
 # Elements of one (chunk, V) fp32 logits block: 32M elements = 128 MiB.
 CHUNK_ELEMENTS = 2**25
@@ -174,3 +177,31 @@ class CausalLMLoss(nn.Module):
             batch.get("attention_mask"),
             batch.get("position_ids"),
         )
+
+    # The objective interface shared with `SequenceClassificationLoss`: the loop calls these
+    # and never asks which task it trains.
+    @staticmethod
+    def collate(examples: list, pad_id: int) -> dict[str, torch.Tensor]:
+        """A right-padded batch of encoded examples (unpacked training and evaluation)."""
+        return collate_padded(examples, pad_id, pad_to_multiple_of=8)
+
+    @staticmethod
+    def n_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Trained positions of a batch: the normaliser of the step's loss."""
+        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+    def eval_sums(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Summable statistics of one evaluation batch."""
+        loss_sum, n, correct = self(batch)
+        return {"loss_sum": loss_sum, "n": n, "correct": correct}
+
+    @staticmethod
+    def metrics(sums: dict[str, torch.Tensor], prefix: str) -> dict[str, Any]:
+        """Loss, perplexity and token accuracy from summed statistics (OpenAI's names)."""
+        n = max(1, int(sums["n"].item()))
+        loss = sums["loss_sum"].item() / n
+        return {
+            f"{prefix}_loss": loss,
+            f"{prefix}_perplexity": math.exp(min(loss, 50.0)),
+            f"{prefix}_mean_token_accuracy": sums["correct"].item() / n,
+        }

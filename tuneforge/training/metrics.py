@@ -1,4 +1,5 @@
-"""Per-step metrics: `metrics.jsonl`, OpenAI's results CSV and (if installed) TensorBoard."""
+"""Per-step metrics: `metrics.jsonl`, OpenAI's results CSV and (if installed) TensorBoard;
+run events (blocks unfrozen, early stop) in `events.jsonl`."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ class MetricsWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.folder / "metrics.jsonl"
         self.csv = self.folder / "results.csv"
+        self.events = self.folder / "events.jsonl"
+        kept_events = self._kept_records(resume_step, self.events)
+        with open(self.events, "w") as f:
+            for rec in kept_events:
+                f.write(json.dumps(rec) + "\n")
         kept = self._kept_records(resume_step)
         with open(self.jsonl, "w") as f:
             for rec in kept:
@@ -49,10 +55,11 @@ class MetricsWriter:
             except ImportError:  # tensorboard is optional
                 self._tb = None
 
-    def _kept_records(self, resume_step: int | None) -> list[dict[str, Any]]:
-        if resume_step is None or not self.jsonl.is_file():
+    def _kept_records(self, resume_step: int | None, path: Path | None = None) -> list[dict]:
+        path = path or self.jsonl
+        if resume_step is None or not path.is_file():
             return []
-        records = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
+        records = [json.loads(line) for line in path.read_text().splitlines() if line]
         return [r for r in records if r.get("step", 0) <= resume_step]
 
     @staticmethod
@@ -76,12 +83,17 @@ class MetricsWriter:
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(key, value, record["step"])
 
+    def event(self, step: int, kind: str, message: str, **data: Any) -> None:
+        """Append one event (unfreezing, early stopping, ...) to `events.jsonl`."""
+        with open(self.events, "a") as f:
+            f.write(json.dumps({"step": step, "kind": kind, "message": message, **data}) + "\n")
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
 
 
-def read_metrics(folder: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's `metrics.jsonl`."""
-    path = Path(folder) / "metrics.jsonl"
+def read_metrics(folder: str | Path, name: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    """All records of a run's `metrics.jsonl` (or `events.jsonl` with `name`)."""
+    path = Path(folder) / name
     return [json.loads(line) for line in path.read_text().splitlines() if line]

@@ -1,0 +1,315 @@
+"""Serving under load: TuneForge vs `transformers serve`, same model, same clients, one run.
+
+N concurrent clients (default 1, 4, 16) each send chat requests through the official `openai`
+client (streaming, so time to first token is seen) to both servers, started here as
+subprocesses on a locally built model (nothing is downloaded). Prints requests/s, generated
+tokens/s, p50/p95 time to first token and latency, and TuneForge / peer ratios.
+
+If `transformers serve` does not come up (missing extras, no network for a Hub lookup, ...),
+the peer is a naive one-request-at-a-time server around `model.generate` (clearly labelled
+in the output), so the run still prints a comparison.
+
+    python benchmarks/serve_load.py                      # tiny model, 1/4/16 clients
+    python benchmarks/serve_load.py --hidden 256 --layers 4 --max-tokens 64 --requests 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+PROMPTS = [
+    "Hello! How can I help you with your account today?",
+    "I lost my card yesterday and I need a new one.",
+    "What is the capital of France?",
+    "Please reset my password, I forgot it.",
+]
+
+
+def build_model_folder(root: Path, hidden: int, layers: int) -> Path:
+    """A random Llama with a ChatML template (both servers render the same prompt)."""
+    from tuneforge.modeling.tiny import build_model, save_model_folder, train_tokenizer
+    from tuneforge.tokenize import ensure_chat_template
+
+    corpus = (
+        PROMPTS * 50 + ["The quick brown fox jumps over the lazy dog. 0 1 2 3 4 5 6 7 8 9"] * 50
+    )
+    tokenizer = train_tokenizer(corpus, vocab_size=1024)
+    ensure_chat_template(tokenizer)
+    model = build_model(tokenizer, arch="llama", hidden_size=hidden, num_layers=layers)
+    return save_model_folder(model, tokenizer, root / "bench-llama")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class Sample:
+    ttft: float
+    latency: float
+    tokens: int
+
+
+async def one_request(client, model: str, prompt: str, max_tokens: int) -> Sample:
+    start = time.perf_counter()
+    ttft = None
+    tokens = chunks = 0
+    stream = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            chunks += 1
+            if ttft is None:
+                ttft = time.perf_counter() - start
+        if getattr(chunk, "usage", None):
+            tokens = chunk.usage.completion_tokens
+    latency = time.perf_counter() - start
+    return Sample(ttft if ttft is not None else latency, latency, tokens or chunks)
+
+
+async def load(url: str, model: str, clients: int, per_client: int, max_tokens: int):
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600) as c:
+        await one_request(c, model, PROMPTS[0], 4)  # warm-up
+
+        async def client_loop(i: int) -> list[Sample]:
+            return [
+                await one_request(c, model, PROMPTS[(i + j) % len(PROMPTS)], max_tokens)
+                for j in range(per_client)
+            ]
+
+        start = time.perf_counter()
+        results = await asyncio.gather(*[client_loop(i) for i in range(clients)])
+        wall = time.perf_counter() - start
+    samples = [s for r in results for s in r]
+    return wall, samples
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def summarize(wall: float, samples: list[Sample]) -> dict[str, float]:
+    return {
+        "req/s": len(samples) / wall,
+        "tok/s": sum(s.tokens for s in samples) / wall,
+        "ttft p50": pct([s.ttft for s in samples], 0.5),
+        "ttft p95": pct([s.ttft for s in samples], 0.95),
+        "lat p50": pct([s.latency for s in samples], 0.5),
+        "lat p95": pct([s.latency for s in samples], 0.95),
+        "tokens/req": statistics.mean(s.tokens for s in samples),
+    }
+
+
+# -- the fallback peer: one request at a time around model.generate -----------------------------
+
+
+def naive_server(model_dir: str, port: int) -> None:  # pragma: no cover - benchmark helper
+    import json
+    import threading
+
+    import torch
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import StreamingResponse
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+    lock = threading.Lock()
+    app = FastAPI()
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        text = tok.apply_chat_template(body["messages"], tokenize=False, add_generation_prompt=True)
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        counter = {"n": 0}
+
+        def run():
+            with lock, torch.inference_mode():  # one request at a time
+                out = model.generate(
+                    **ids,
+                    max_new_tokens=body.get("max_tokens", 16),
+                    do_sample=False,
+                    streamer=streamer,
+                )
+                counter["n"] = out.shape[1] - ids["input_ids"].shape[1]
+
+        thread = threading.Thread(target=run)
+        thread.start()
+
+        async def events():
+            base = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "naive"}
+            for piece in await asyncio.to_thread(lambda: iter(streamer)):
+                yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': {'content': piece}, 'finish_reason': None}]})}\n\n"
+            await asyncio.to_thread(thread.join)
+            usage = {"prompt_tokens": 0, "completion_tokens": counter["n"], "total_tokens": 0}
+            yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, default=2, help="Requests per client.")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--startup-timeout", type=float, default=240)
+    parser.add_argument(
+        "--naive-server", nargs=2, metavar=("MODEL_DIR", "PORT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.naive_server:
+        naive_server(args.naive_server[0], int(args.naive_server[1]))
+        return
+
+    workdir = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    procs: list[subprocess.Popen] = []
+    try:
+        folder = build_model_folder(workdir / "models", args.hidden, args.layers)
+        print(f"model: llama hidden={args.hidden} layers={args.layers} at {folder}")
+        tf_port, peer_port = free_port(), free_port()
+        tf = subprocess.Popen(
+            [sys.executable, "-m", "tuneforge", "serve", "--model-dir", str(folder.parent),
+             "--base-model", folder.name, "--port", str(tf_port), "--max-batch-size", "16",
+             "--max-queue", "256", "--data-dir", str(workdir / "data")],
+            env=env, stdout=subprocess.DEVNULL, stderr=_log(workdir / "tuneforge.log"),
+        )  # fmt: skip
+        procs.append(tf)
+        tf_url = f"http://127.0.0.1:{tf_port}"
+        if not wait_ready(tf_url, tf, args.startup_timeout):
+            sys.exit(f"TuneForge did not start; see {workdir / 'tuneforge.log'}")
+
+        peer_name, peer_model = "transformers serve", str(folder)
+        peer = subprocess.Popen(
+            ["transformers", "serve", str(folder), "--port", str(peer_port), "--host",
+             "127.0.0.1", "--device", "cpu" if not _cuda() else "auto"],
+            env=env, stdout=subprocess.DEVNULL, stderr=_log(workdir / "peer.log"),
+        )  # fmt: skip
+        procs.append(peer)
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        ok = wait_ready(peer_url, peer, args.startup_timeout)
+        if ok:
+            try:
+                asyncio.run(load(peer_url, peer_model, 1, 1, 4))
+            except Exception as err:  # it started but cannot answer a chat request
+                print(f"transformers serve failed a request: {err!r}")
+                ok = False
+        if not ok:
+            print("transformers serve unavailable here (see", workdir / "peer.log", ")")
+            print((workdir / "peer.log").read_text()[-2000:])
+            stop(peer)
+            peer_name = "NAIVE one-at-a-time HF generate server (NOT transformers serve)"
+            peer = subprocess.Popen(
+                [sys.executable, __file__, "--naive-server", str(folder), str(peer_port)],
+                env=env, stdout=subprocess.DEVNULL, stderr=_log(workdir / "naive.log"),
+            )  # fmt: skip
+            procs.append(peer)
+            if not wait_ready(peer_url, peer, args.startup_timeout):
+                sys.exit("the naive peer did not start either")
+        print(f"peer: {peer_name}\n")
+
+        header = f"{'clients':>7} {'server':<12} {'req/s':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} {'lat p50':>8} {'lat p95':>8} {'tok/req':>7}"
+        print(header)
+        rows = []
+        for clients in args.clients:
+            res = {}
+            for name, url, model in (
+                ("tuneforge", tf_url, folder.name),
+                ("peer", peer_url, peer_model),
+            ):
+                wall, samples = asyncio.run(
+                    load(url, model, clients, args.requests, args.max_tokens)
+                )
+                res[name] = summarize(wall, samples)
+                r = res[name]
+                print(
+                    f"{clients:>7} {name:<12} {r['req/s']:>7.2f} {r['tok/s']:>8.1f} {r['ttft p50']:>9.3f}"
+                    f" {r['ttft p95']:>9.3f} {r['lat p50']:>8.3f} {r['lat p95']:>8.3f} {r['tokens/req']:>7.1f}"
+                )
+            rows.append((clients, res))
+        print("\nratios (TuneForge / peer; throughput >1 is better, latency <1 is better)")
+        for clients, res in rows:
+            t, p = res["tuneforge"], res["peer"]
+            print(
+                f"  {clients:>3} clients: req/s x{t['req/s'] / p['req/s']:.2f}  tok/s x{t['tok/s'] / p['tok/s']:.2f}"
+                f"  p95 latency x{t['lat p95'] / p['lat p95']:.2f}  p95 TTFT x{t['ttft p95'] / p['ttft p95']:.2f}"
+            )
+    finally:
+        for proc in procs:
+            stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _log(path: Path):
+    """A log file for a server subprocess (closed when this process exits)."""
+    return path.open("w")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()

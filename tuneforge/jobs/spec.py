@@ -1,0 +1,265 @@
+"""What a client asks for when it creates a fine-tuning job, and how that becomes a TrainConfig.
+
+`JobCreate` is OpenAI's request body (`model`, `training_file`, `validation_file`, `suffix`,
+`seed`, `metadata`, `method`, the deprecated top-level `hyperparameters`, `integrations`)
+plus TuneForge's own settings in `method.supervised.tuneforge`: any key of `TrainConfig`
+except those the job decides itself (model, data files, output folder, resume, seed), nested
+(`{"lora": {"r": 8}}`) or dotted (`{"lora.r": 8}`). `plan_training` turns a request into
+`TrainConfig` overrides and validates them with the same `load_config` as `tuneforge train`,
+so a bad setting is refused when the job is created, with every problem listed.
+
+OpenAI's hyperparameters map onto the config: `n_epochs` -> optim.epochs, `batch_size` ->
+optim.batch_size, `learning_rate_multiplier` -> optim.lr = multiplier x the method's default
+LR (2e-4 for LoRA, 2e-5 for full fine-tuning). "auto" keeps TrainConfig's "auto".
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tuneforge.jobs.errors import InvalidRequest
+
+Auto = Literal["auto"]
+SUFFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Steps between validation passes when a validation file is given (tuneforge.eval.eval_every
+# overrides it).
+DEFAULT_EVAL_EVERY = 10
+
+# Config keys the job sets itself; the extension may not override them.
+RESERVED_KEYS = {
+    "model.name_or_path": "the job's `model`",
+    "data.train": "`training_file`",
+    "data.valid": "`validation_file`",
+    "output.dir": "the job's output folder",
+    "output.overwrite": "the job's output folder",
+    "checkpoint.resume": "the worker (jobs always resume from their last checkpoint)",
+    "parent.model": "the job's `model` (an ft: model id continues from it)",
+    "seed": "`seed`",
+}
+
+
+class Hyperparameters(BaseModel):
+    """OpenAI's supervised hyperparameters: a value or "auto" each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int | Auto = Field("auto", description="Passes over the training data.")
+    batch_size: int | Auto = Field("auto", description="Examples per optimizer step.")
+    learning_rate_multiplier: float | Auto = Field(
+        "auto", description="Scales the method's default learning rate."
+    )
+
+    @field_validator("n_epochs", "batch_size")
+    @classmethod
+    def _positive_int(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 1000 and not isinstance(v, bool):
+            raise ValueError("must be between 1 and 1000, or 'auto'")
+        return v
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _positive_float(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not 0 < v <= 100:
+            raise ValueError("must be in (0, 100], or 'auto'")
+        return v
+
+
+class SupervisedMethod(BaseModel):
+    """`method.supervised`: OpenAI's hyperparameters and TuneForge's extension settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: Hyperparameters | None = None
+    tuneforge: dict[str, Any] | None = Field(
+        None,
+        description="TuneForge settings: any TrainConfig key (nested or dotted) except the "
+        "ones the job sets, e.g. {'method': 'lora', 'lora': {'r': 8}, 'optim': {'max_steps': "
+        "100}, 'early_stop': {'patience': 3}}.",
+    )
+
+
+class Method(BaseModel):
+    """`method`: only `supervised` is trained today."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised", "dpo", "reinforcement"]
+    supervised: SupervisedMethod | None = None
+    dpo: dict[str, Any] | None = None
+    reinforcement: dict[str, Any] | None = None
+
+
+class JobCreate(BaseModel):
+    """The body of `POST /v1/fine_tuning/jobs`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=512)
+    training_file: str = Field(min_length=1, max_length=64)
+    validation_file: str | None = Field(None, max_length=64)
+    suffix: str | None = None
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    metadata: dict[str, str] | None = None
+    method: Method | None = None
+    hyperparameters: Hyperparameters | None = None
+    integrations: list[dict[str, Any]] | None = None
+
+    @field_validator("suffix")
+    @classmethod
+    def _suffix(cls, v: str | None) -> str | None:
+        if v is not None and not SUFFIX_RE.match(v):
+            raise ValueError("must be 1-64 characters: letters, digits, '-', '_' or '.'")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
+        if len(v) > 16:
+            raise ValueError("at most 16 keys")
+        for key, value in v.items():
+            if len(key) > 64 or len(value) > 512:
+                raise ValueError("keys are at most 64 characters, values at most 512")
+        return v
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def effective_hyperparameters(req: JobCreate) -> Hyperparameters:
+    """The requested hyperparameters: `method.supervised.hyperparameters`, else the deprecated
+    top-level `hyperparameters` (giving both, differently, is refused)."""
+    in_method = (
+        req.method.supervised.hyperparameters if req.method and req.method.supervised else None
+    )
+    both = in_method is not None and req.hyperparameters is not None
+    if both and in_method != req.hyperparameters:
+        raise InvalidRequest(
+            "Give hyperparameters once: `hyperparameters` is deprecated in favour of "
+            "`method.supervised.hyperparameters`.",
+            param="hyperparameters",
+        )
+    return in_method or req.hyperparameters or Hyperparameters()
+
+
+def tuneforge_overrides(req: JobCreate) -> dict[str, Any]:
+    """The extension settings as dotted TrainConfig keys; reserved keys are refused."""
+    ext = req.method.supervised.tuneforge if req.method and req.method.supervised else None
+    flat = _flatten(ext or {})
+    bad = [f"{k} (set by {RESERVED_KEYS[k]})" for k in flat if k in RESERVED_KEYS]
+    if bad:
+        raise InvalidRequest(
+            "method.supervised.tuneforge may not set: " + ", ".join(bad),
+            param="method.supervised.tuneforge",
+            code="invalid_tuneforge_config",
+        )
+    return flat
+
+
+def check_method(req: JobCreate) -> None:
+    """Refuse methods TuneForge cannot train yet, with a clear message."""
+    if req.method is None or req.method.type == "supervised":
+        return
+    raise InvalidRequest(
+        f"method.type {req.method.type!r} is not supported yet: TuneForge trains supervised "
+        "fine-tunes (full, LoRA, frozen layers) only; preference (DPO) and reinforcement "
+        "fine-tuning are planned. Use method.type 'supervised'.",
+        param="method.type",
+        code="unsupported_method",
+    )
+
+
+def plan_training(
+    req: JobCreate,
+    *,
+    base_path: str | None,
+    parent_path: str | None,
+    train_path: Path,
+    valid_path: Path | None,
+    output_dir: Path,
+    seed: int,
+) -> dict[str, Any]:
+    """TrainConfig overrides (dotted keys) for a job, validated by `load_config`.
+
+    Raises `InvalidRequest` listing every problem of the resulting config.
+    """
+    from tuneforge.training.config import ConfigError, auto_lr, load_config
+
+    check_method(req)
+    hp = effective_hyperparameters(req)
+    ext = tuneforge_overrides(req)
+    overrides: dict[str, Any] = dict(ext)
+    clash = {
+        "n_epochs": "optim.epochs",
+        "batch_size": "optim.batch_size",
+        "learning_rate_multiplier": "optim.lr",
+    }
+    for name, key in clash.items():
+        if getattr(hp, name) != "auto" and key in ext:
+            raise InvalidRequest(
+                f"hyperparameters.{name} and method.supervised.tuneforge {key} both set the "
+                "same thing; give one.",
+                param="method.supervised.tuneforge",
+                code="invalid_tuneforge_config",
+            )
+    if hp.n_epochs != "auto":
+        overrides["optim.epochs"] = hp.n_epochs
+    if hp.batch_size != "auto":
+        overrides["optim.batch_size"] = hp.batch_size
+    if hp.learning_rate_multiplier != "auto":
+        method = str(ext.get("method", "lora"))
+        overrides["optim.lr"] = float(hp.learning_rate_multiplier) * auto_lr(method)
+    if valid_path is not None and "eval.eval_every" not in ext:
+        # OpenAI reports validation metrics periodically during training; so do we.
+        overrides["eval.eval_every"] = DEFAULT_EVAL_EVERY
+    if parent_path is not None:
+        overrides["parent.model"] = parent_path
+    else:
+        overrides["model.name_or_path"] = base_path
+    overrides.update(
+        {
+            "data.train": str(train_path),
+            "data.valid": str(valid_path) if valid_path is not None else None,
+            "output.dir": str(output_dir),
+            "output.overwrite": True,  # a retry before the first checkpoint starts afresh
+            "checkpoint.resume": "auto",
+            "seed": seed,
+        }
+    )
+    try:
+        load_config(None, overrides)
+    except ConfigError as err:
+        raise InvalidRequest(
+            "Invalid training settings: " + "; ".join(err.problems),
+            param="method.supervised.tuneforge",
+            code="invalid_tuneforge_config",
+        ) from None
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def resolved_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's hyperparameters from a run's effective config (config.yaml, autos resolved)."""
+    from tuneforge.training.config import auto_lr
+
+    optim = config.get("optim", {})
+    lr = optim.get("lr")
+    method = config.get("method", "lora")
+    multiplier = round(lr / auto_lr(method), 6) if isinstance(lr, (int, float)) else lr
+    return {
+        "n_epochs": optim.get("epochs"),
+        "batch_size": optim.get("batch_size"),
+        "learning_rate_multiplier": multiplier,
+    }

@@ -1,0 +1,881 @@
+"""`JobStore`: files, fine-tuning jobs, their events and checkpoints, and fine-tuned models.
+
+Everything a client can see is scoped by organization: a getter given another
+organization's id raises `NotFound`, exactly as for an id that never existed. The worker's
+side (claiming, heartbeats, progress, outcomes) is guarded by the lease: a worker that lost
+its lease cannot write a job's state any more.
+
+Example:
+    >>> store = JobStore.open("tuneforge-data")
+    >>> f = store.add_file("org-a", "train.jsonl", "fine-tune", Path("upload.tmp"))
+    >>> job = store.create_job("org-a", JobCreate(model="tiny", training_file=f.id))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import secrets
+import shutil
+import string
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tuneforge.jobs import db
+from tuneforge.jobs.db import File, IdempotencyKey, Job, JobCheckpoint, JobEvent, Model
+from tuneforge.jobs.errors import Conflict, InvalidRequest, NotFound
+from tuneforge.jobs.spec import JobCreate, check_method, effective_hyperparameters, plan_training
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+ACTIVE = ("validating_files", "queued", "running")
+FILE_PURPOSES = ("fine-tune", "fine-tune-results")
+DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"}
+_ALPHABET = string.ascii_letters + string.digits
+
+T = TypeVar("T")
+
+
+def new_id(prefix: str, n: int = 24) -> str:
+    """`prefix-` plus `n` random letters and digits, like OpenAI's ids."""
+    return prefix + "-" + "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def fine_tuned_model_id(base: str, org: str, suffix: str | None, job_id: str) -> str:
+    """`ft:{base}:{org}:{suffix}:{id}` (empty suffix allowed, as OpenAI's `ft:m:org::id`)."""
+    return f"ft:{base}:{org}:{suffix or ''}:{job_id.removeprefix('ftjob-')}"
+
+
+def checkpoint_model_id(model_id: str, step: int) -> str:
+    return f"{model_id}:ckpt-step-{step}"
+
+
+@dataclass
+class Page:
+    """One page of a cursor-paginated list."""
+
+    data: list[Any]
+    has_more: bool
+
+
+@dataclass
+class ResolvedModel:
+    """A model id resolved to a folder: the base it descends from, and its own folder."""
+
+    id: str
+    base_model: str
+    path: str
+    job_id: str | None = None
+    kind: str = "fine-tune"  # "fine-tune" or "checkpoint"
+    org: str = ""
+    created: int = 0
+
+
+class JobStore:
+    """The job store over one database URL and one data directory (uploaded files, outputs)."""
+
+    def __init__(self, data_dir: str | Path, url: str | None = None, *, migrate: bool = True):
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "files").mkdir(exist_ok=True)
+        (self.data_dir / "jobs").mkdir(exist_ok=True)
+        self.url = url or f"sqlite:///{self.data_dir / 'tuneforge.db'}"
+        self.engine = db.make_engine(self.url)
+        if migrate:
+            db.migrate(self.engine, self.data_dir / ".migrate.lock")
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        sqlite = self.url.startswith("sqlite")
+        self.read_engine = db.make_engine(self.url, writer=False) if sqlite else self.engine
+        self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, data_dir: str | Path = "tuneforge-data", url: str | None = None) -> JobStore:
+        """Open (creating and migrating as needed) the store in `data_dir`."""
+        return cls(data_dir, url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.read_engine.dispose()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """One read-write transaction: committed on success, rolled back on error."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Session]:
+        """One read-only transaction (never waits for writers on SQLite/WAL)."""
+        with self._read_sessions() as s, s.begin():
+            yield s
+
+    def _ensure_org(self, s: Session, org_id: str) -> None:
+        if s.get(db.Organization, org_id) is None:
+            s.add(db.Organization(id=org_id, created_at=now()))
+            s.flush()
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.data_dir / "jobs" / job_id
+
+    # ------------------------------------------------------------------ files
+    def add_file(
+        self,
+        org_id: str,
+        filename: str,
+        purpose: str,
+        source: Path,
+        *,
+        job_id: str | None = None,
+    ) -> File:
+        """Take ownership of `source` (moved into the store under the file's id) and record it.
+
+        `fine-tune` files are validated with the data pipeline's checks: status `processed`,
+        or `error` with the problems (line numbers) in `status_details` and `report`.
+        """
+        if purpose not in FILE_PURPOSES:
+            raise InvalidRequest(
+                f"purpose must be one of {', '.join(FILE_PURPOSES)} (got {purpose!r})",
+                param="purpose",
+            )
+        file_id = new_id("file", 22)
+        suffix = Path(filename).suffix.lower()
+        rel = f"files/{file_id}{suffix if suffix in DATA_SUFFIXES else '.jsonl'}"
+        dest = self.data_dir / rel
+        shutil.move(str(source), dest)
+        status, details, report = "processed", None, None
+        if purpose == "fine-tune":
+            status, details, report = validate_upload(dest)
+        row = File(
+            id=file_id,
+            org_id=org_id,
+            filename=Path(filename).name[:512] or "upload",
+            purpose=purpose,
+            bytes=dest.stat().st_size,
+            created_at=now(),
+            status=status,
+            status_details=details,
+            report=report,
+            path=rel,
+        )
+        with self.session() as s:
+            self._ensure_org(s, org_id)
+            s.add(row)
+        return row
+
+    def get_file(self, org_id: str, file_id: str) -> File:
+        with self.reading() as s:
+            row = s.scalar(select(File).where(File.id == file_id, File.org_id == org_id))
+        if row is None:
+            raise NotFound(f"No such File object: {file_id}", param="id", code="file_not_found")
+        return row
+
+    def file_path(self, row: File) -> Path:
+        return self.data_dir / row.path
+
+    def list_files(
+        self,
+        org_id: str,
+        *,
+        purpose: str | None = None,
+        after: str | None = None,
+        limit: int = 10000,
+        order: str = "desc",
+    ) -> Page:
+        q = select(File).where(File.org_id == org_id)
+        if purpose:
+            q = q.where(File.purpose == purpose)
+        return self._page(q, File, after, limit, order, lambda s, a: self._seq_of(s, File, a))
+
+    def delete_file(self, org_id: str, file_id: str) -> None:
+        row = self.get_file(org_id, file_id)
+        with self.session() as s:
+            s.execute(delete(File).where(File.id == row.id))
+        with contextlib.suppress(FileNotFoundError):
+            self.file_path(row).unlink()
+
+    # ------------------------------------------------------------------ pagination
+    def _seq_of(self, s: Session, table: Any, obj_id: str) -> int | None:
+        return s.scalar(select(table.seq).where(table.id == obj_id))
+
+    def _page(
+        self,
+        q: Any,
+        table: Any,
+        after: str | None,
+        limit: int,
+        order: str,
+        seq_of: Callable[[Session, str], int | None],
+    ) -> Page:
+        limit = max(1, min(int(limit), 10000))
+        desc = order != "asc"
+        with self.reading() as s:
+            if after:
+                seq = seq_of(s, after)
+                if seq is None:
+                    raise NotFound(f"`after`: no such object {after!r}", param="after")
+                q = q.where(table.seq < seq if desc else table.seq > seq)
+            q = q.order_by(table.seq.desc() if desc else table.seq.asc()).limit(limit + 1)
+            rows = list(s.scalars(q))
+        return Page(rows[:limit], len(rows) > limit)
+
+    # ------------------------------------------------------------------ models
+    def resolve_model(self, org_id: str, model_id: str) -> ResolvedModel:
+        """A fine-tuned model or checkpoint id of `org_id` -> its folder (NotFound otherwise)."""
+        with self.reading() as s:
+            m = s.scalar(select(Model).where(Model.id == model_id, Model.org_id == org_id))
+            if m is not None:
+                return ResolvedModel(
+                    m.id, m.base_model, m.path, m.job_id, "fine-tune", m.org_id, m.created_at
+                )
+            c = s.scalar(
+                select(JobCheckpoint).where(
+                    JobCheckpoint.model_id == model_id, JobCheckpoint.org_id == org_id
+                )
+            )
+            if c is not None:
+                job = s.scalar(select(Job).where(Job.id == c.job_id))
+                return ResolvedModel(
+                    c.model_id,
+                    job.base_model,
+                    c.path,
+                    c.job_id,
+                    "checkpoint",
+                    c.org_id,
+                    c.created_at,
+                )
+        raise NotFound(
+            f"The model '{model_id}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def list_models(
+        self, org_id: str | None = None, checkpoints: bool = True
+    ) -> list[ResolvedModel]:
+        """Fine-tuned models (and their checkpoints) of `org_id`, or of everyone when None."""
+        out: list[ResolvedModel] = []
+        with self.reading() as s:
+            q = select(Model).order_by(Model.seq)
+            if org_id is not None:
+                q = q.where(Model.org_id == org_id)
+            for m in s.scalars(q):
+                out.append(
+                    ResolvedModel(
+                        m.id, m.base_model, m.path, m.job_id, "fine-tune", m.org_id, m.created_at
+                    )
+                )
+            if checkpoints:
+                q2 = select(JobCheckpoint, Job.base_model).join(Job, Job.id == JobCheckpoint.job_id)
+                q2 = q2.order_by(JobCheckpoint.seq)
+                if org_id is not None:
+                    q2 = q2.where(JobCheckpoint.org_id == org_id)
+                for c, base in s.execute(q2):
+                    out.append(
+                        ResolvedModel(
+                            c.model_id,
+                            base,
+                            c.path,
+                            c.job_id,
+                            "checkpoint",
+                            c.org_id,
+                            c.created_at,
+                        )
+                    )
+        return out
+
+    def delete_model(self, org_id: str, model_id: str) -> None:
+        """Forget a fine-tuned model (its folder stays in the job's output)."""
+        with self.session() as s:
+            n = s.execute(delete(Model).where(Model.id == model_id, Model.org_id == org_id))
+        if not n.rowcount:
+            raise NotFound(
+                f"The model '{model_id}' does not exist or you do not have access to it.",
+                param="model",
+                code="model_not_found",
+            )
+
+    # ------------------------------------------------------------------ jobs (client side)
+    def create_job(
+        self,
+        org_id: str,
+        req: JobCreate,
+        *,
+        resolve_base: Callable[[str], str | None] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        """Validate and queue a job (status `validating_files` until a worker takes it).
+
+        `resolve_base` maps a base model id to a folder or Hub id (the server's model
+        registry); without it the id is used as given. An `ft:` id continues from that
+        fine-tune. With `idempotency_key`, the same request again returns the first job;
+        a different request under the same key raises `Conflict`.
+        """
+        request_hash = hashlib.sha256(
+            json.dumps(req.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()
+        if idempotency_key:
+            existing = self._idempotent_job(org_id, idempotency_key, request_hash)
+            if existing is not None:
+                return existing
+        check_method(req)
+        if req.integrations:
+            raise InvalidRequest(
+                "integrations are not supported: TuneForge logs every metric to the job's "
+                "events, results file, metrics.jsonl and TensorBoard.",
+                param="integrations",
+            )
+        train = self._training_file(org_id, req.training_file, "training_file")
+        valid = (
+            self._training_file(org_id, req.validation_file, "validation_file")
+            if req.validation_file
+            else None
+        )
+        parent_path = base_path = None
+        if req.model.startswith("ft:"):
+            parent = self.resolve_model(org_id, req.model)
+            base_model, parent_path = parent.base_model, parent.path
+        else:
+            base_model = req.model
+            base_path = resolve_base(req.model) if resolve_base else req.model
+            if base_path is None:
+                raise NotFound(
+                    f"The model '{req.model}' does not exist or you do not have access to it.",
+                    param="model",
+                    code="model_not_found",
+                )
+        job_id = new_id("ftjob")
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1)
+        overrides = plan_training(
+            req,
+            base_path=base_path,
+            parent_path=parent_path,
+            train_path=self.file_path(train),
+            valid_path=self.file_path(valid) if valid else None,
+            output_dir=self.job_dir(job_id) / "output",
+            seed=seed,
+        )
+        hyper = effective_hyperparameters(req).model_dump()
+        supervised: dict[str, Any] = {"hyperparameters": hyper}
+        if req.method and req.method.supervised and req.method.supervised.tuneforge:
+            supervised["tuneforge"] = req.method.supervised.tuneforge
+        job = Job(
+            id=job_id,
+            org_id=org_id,
+            created_at=now(),
+            status="validating_files",
+            model=req.model,
+            training_file=train.id,
+            validation_file=valid.id if valid else None,
+            suffix=req.suffix,
+            seed=seed,
+            metadata_=req.metadata,
+            method={"type": "supervised", "supervised": supervised},
+            base_model=base_model,
+            base_path=base_path or "",
+            parent_model=req.model if parent_path else None,
+            train_overrides=overrides,
+            hyperparameters=hyper,
+            result_files=[],
+            last_step=0,
+            attempts=0,
+            version=0,
+        )
+        try:
+            with self.session() as s:
+                self._ensure_org(s, org_id)
+                if idempotency_key:
+                    s.add(
+                        IdempotencyKey(
+                            org_id=org_id,
+                            key=idempotency_key,
+                            request_hash=request_hash,
+                            job_id=job_id,
+                            created_at=now(),
+                        )
+                    )
+                s.add(job)
+                s.flush()
+                self._event(s, job_id, "Created fine-tuning job: " + job_id)
+                self._event(s, job_id, f"Validating training file: {train.id}")
+        except IntegrityError:
+            # A concurrent request with the same key won the race: answer with its job.
+            if idempotency_key:
+                existing = self._idempotent_job(org_id, idempotency_key, request_hash)
+                if existing is not None:
+                    return existing
+            raise
+        self.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+        return job
+
+    def _idempotent_job(self, org_id: str, key: str, request_hash: str) -> Job | None:
+        with self.session() as s:
+            row = s.get(IdempotencyKey, (org_id, key))
+            if row is None:
+                return None
+            if row.request_hash != request_hash:
+                raise Conflict(
+                    "This Idempotency-Key was already used with a different request.",
+                    param="Idempotency-Key",
+                    code="idempotency_key_reused",
+                )
+            return s.scalar(select(Job).where(Job.id == row.job_id))
+
+    def _training_file(self, org_id: str, file_id: str, param: str) -> File:
+        try:
+            f = self.get_file(org_id, file_id)
+        except NotFound:
+            raise InvalidRequest(
+                f"File {file_id} not found.", param=param, code="invalid_file"
+            ) from None
+        if f.purpose != "fine-tune":
+            raise InvalidRequest(
+                f"File {file_id} has purpose {f.purpose!r}; upload it with purpose 'fine-tune'.",
+                param=param,
+                code="invalid_file",
+            )
+        if f.status != "processed":
+            raise InvalidRequest(
+                f"File {file_id} failed validation: {f.status_details}",
+                param=param,
+                code="invalid_file",
+            )
+        return f
+
+    def get_job(self, org_id: str | None, job_id: str) -> Job:
+        """The job (of `org_id`; any organization when None, for the operator's CLI)."""
+        with self.reading() as s:
+            q = select(Job).where(Job.id == job_id)
+            if org_id is not None:
+                q = q.where(Job.org_id == org_id)
+            job = s.scalar(q)
+        if job is None:
+            raise NotFound(f"No such fine-tuning job: {job_id}", param="id", code="job_not_found")
+        return job
+
+    def list_jobs(
+        self,
+        org_id: str | None,
+        *,
+        after: str | None = None,
+        limit: int = 20,
+        metadata: dict[str, str] | None = None,
+        status: str | None = None,
+    ) -> Page:
+        """Jobs newest first; `metadata` keeps jobs whose metadata has every given pair."""
+        q = select(Job)
+        if org_id is not None:
+            q = q.where(Job.org_id == org_id)
+        if status:
+            q = q.where(Job.status == status)
+        if not metadata:
+            return self._page(q, Job, after, limit, "desc", lambda s, a: self._seq_of(s, Job, a))
+        # JSON filtering differs per database; metadata is small, so filter in Python.
+        with self.reading() as s:
+            if after:
+                seq = self._seq_of(s, Job, after)
+                if seq is None:
+                    raise NotFound(f"`after`: no such object {after!r}", param="after")
+                q = q.where(Job.seq < seq)
+            rows = [
+                j
+                for j in s.scalars(q.order_by(Job.seq.desc()))
+                if all((j.metadata_ or {}).get(k) == v for k, v in metadata.items())
+            ]
+        limit = max(1, min(int(limit), 10000))
+        return Page(rows[:limit], len(rows) > limit)
+
+    def list_events(
+        self, org_id: str | None, job_id: str, *, after: str | None = None, limit: int = 20
+    ) -> Page:
+        """Events newest first."""
+        self.get_job(org_id, job_id)
+        q = select(JobEvent).where(JobEvent.job_id == job_id)
+        return self._page(
+            q, JobEvent, after, limit, "desc", lambda s, a: self._seq_of(s, JobEvent, a)
+        )
+
+    def all_events(self, job_id: str) -> list[JobEvent]:
+        """Every event of a job, oldest first."""
+        with self.reading() as s:
+            q = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)
+            return list(s.scalars(q))
+
+    def list_checkpoints(
+        self, org_id: str | None, job_id: str, *, after: str | None = None, limit: int = 10
+    ) -> Page:
+        """Checkpoints newest first."""
+        self.get_job(org_id, job_id)
+        q = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+        return self._page(
+            q, JobCheckpoint, after, limit, "desc", lambda s, a: self._seq_of(s, JobCheckpoint, a)
+        )
+
+    def cancel_job(self, org_id: str | None, job_id: str) -> Job:
+        """Cancel: at once when not running, else ask the worker (it stops at the next step)."""
+
+        def change(s: Session, job: Job) -> None:
+            if job.status == "cancelled" or (job.status == "running" and job.control == "cancel"):
+                return
+            if job.status in ("succeeded", "failed"):
+                raise InvalidRequest(
+                    f"Job {job.id} has already finished ({job.status}).", param="id"
+                )
+            if job.status == "running":
+                job.control = "cancel"
+                self._event(s, job.id, "Cancellation requested; stopping at the next step")
+            else:
+                self._set_terminal(s, job, "cancelled")
+                self._event(s, job.id, "Fine-tuning job cancelled")
+
+        return self._change_job(org_id, job_id, change)
+
+    def pause_job(self, org_id: str | None, job_id: str) -> Job:
+        """Pause: the worker checkpoints and stops; `resume_job` continues from there."""
+
+        def change(s: Session, job: Job) -> None:
+            if job.status == "paused" or (job.status == "running" and job.control == "pause"):
+                return
+            if job.status in TERMINAL:
+                raise InvalidRequest(
+                    f"Job {job.id} has already finished ({job.status}).", param="id"
+                )
+            if job.control == "cancel":
+                raise InvalidRequest(f"Job {job.id} is being cancelled.", param="id")
+            if job.status == "running":
+                job.control = "pause"
+                self._event(s, job.id, "Pause requested; checkpointing at the next step")
+            else:
+                job.status = "paused"
+                self._event(s, job.id, "Fine-tuning job paused")
+
+        return self._change_job(org_id, job_id, change)
+
+    def resume_job(self, org_id: str | None, job_id: str) -> Job:
+        """Resume a paused job: queued again, it continues from its last checkpoint."""
+
+        def change(s: Session, job: Job) -> None:
+            if job.status in TERMINAL:
+                raise InvalidRequest(
+                    f"Job {job.id} has already finished ({job.status}).", param="id"
+                )
+            if job.control == "pause":  # not yet acted on: just withdraw the request
+                job.control = None
+                self._event(s, job.id, "Pause request withdrawn")
+            elif job.status == "paused":
+                job.status = "queued"
+                self._event(s, job.id, "Fine-tuning job resumed; queued to continue")
+
+        return self._change_job(org_id, job_id, change)
+
+    def _change_job(
+        self, org_id: str | None, job_id: str, change: Callable[[Session, Job], None]
+    ) -> Job:
+        self.get_job(org_id, job_id)
+        with self.session() as s:
+            q = select(Job).where(Job.id == job_id)
+            if s.bind.dialect.name == "postgresql":
+                q = q.with_for_update()
+            job = s.scalar(q)
+            change(s, job)
+            job.version += 1
+        return job
+
+    # ------------------------------------------------------------------ events
+    def _event(
+        self,
+        s: Session,
+        job_id: str,
+        message: str,
+        level: str = "info",
+        type: str = "message",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        s.add(
+            JobEvent(
+                id=new_id("ftevent"),
+                job_id=job_id,
+                created_at=now(),
+                level=level,
+                message=message,
+                type=type,
+                data=json_safe(data),
+            )
+        )
+
+    def add_event(
+        self,
+        job_id: str,
+        message: str,
+        level: str = "info",
+        type: str = "message",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        with self.session() as s:
+            self._event(s, job_id, message, level, type, data)
+
+    def _set_terminal(self, s: Session, job: Job, status: str) -> None:
+        job.status = status
+        job.finished_at = now()
+        job.control = None
+        job.worker_id = None
+        job.lease_expires_at = None
+        job.estimated_finish = None
+
+    # ------------------------------------------------------------------ worker side
+    def claim(self, worker_id: str, lease_s: float) -> Job | None:
+        """Take the oldest runnable job: queued (or validating), or running with an expired
+        lease (its worker died). Returns it with this worker's lease, or None.
+
+        On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED, so many workers
+        claim different jobs without waiting on each other; everywhere, the update is a
+        compare-and-set on `version`, so two workers can never both win one job.
+        """
+        t = time.time()
+        runnable = or_(
+            Job.status.in_(("validating_files", "queued")),
+            and_(
+                Job.status == "running",
+                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < t),
+            ),
+        )
+        with self.session() as s:
+            q = select(Job).where(runnable).order_by(Job.seq).limit(1)
+            if s.bind.dialect.name == "postgresql":
+                q = q.with_for_update(skip_locked=True)
+            job = s.scalar(q)
+            if job is None:
+                return None
+            previous = (job.status, job.worker_id)
+            res = s.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.version == job.version)
+                .values(
+                    worker_id=worker_id,
+                    lease_expires_at=t + lease_s,
+                    attempts=Job.attempts + 1,
+                    version=Job.version + 1,
+                )
+            )
+            if res.rowcount != 1:
+                return None
+            if previous[0] == "running":
+                self._event(
+                    s,
+                    job.id,
+                    f"Worker {previous[1]} stopped responding (lease expired); "
+                    f"worker {worker_id} takes the job over",
+                    level="warn",
+                )
+        return self.get_job(None, job.id)
+
+    def heartbeat(self, job_id: str, worker_id: str, lease_s: float) -> tuple[bool, str | None]:
+        """Extend the lease. Returns (still ours, requested control: cancel / pause / None)."""
+        with self.session() as s:
+            res = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id)
+                .values(lease_expires_at=time.time() + lease_s)
+            )
+            if res.rowcount != 1:
+                return False, None
+            return True, s.scalar(select(Job.control).where(Job.id == job_id))
+
+    def update_job(self, job_id: str, worker_id: str, **values: Any) -> bool:
+        """Set fields of a job this worker holds; False when the lease was lost."""
+        with self.session() as s:
+            res = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id)
+                .values(version=Job.version + 1, **values)
+            )
+            return res.rowcount == 1
+
+    def finish_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        status: str,
+        message: str,
+        level: str = "info",
+        **values: Any,
+    ) -> bool:
+        """Move a held job to `status` (terminal, paused or queued) and log `message`."""
+        with self.session() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id, Job.worker_id == worker_id))
+            if job is None:
+                return False
+            for k, v in values.items():
+                setattr(job, k, v)
+            if status in TERMINAL:
+                self._set_terminal(s, job, status)
+            else:
+                job.status = status
+                job.control = None
+                job.worker_id = None
+                job.lease_expires_at = None
+                job.estimated_finish = None
+            job.version += 1
+            self._event(s, job_id, message, level=level)
+        return True
+
+    def record_metrics(
+        self, job_id: str, worker_id: str, records: list[dict[str, Any]], total_steps: int | None
+    ) -> int:
+        """Turn new per-step records into `metrics` events (steps past `last_step` only, so a
+        resumed run that replays steps after its checkpoint logs each step once)."""
+        with self.session() as s:
+            job = s.scalar(select(Job).where(Job.id == job_id, Job.worker_id == worker_id))
+            if job is None:
+                return 0
+            added = 0
+            for rec in records:
+                step = int(rec.get("step", 0))
+                if step <= job.last_step:
+                    continue
+                data = {
+                    k: v for k, v in rec.items() if isinstance(v, (int, float, str)) or v is None
+                }
+                data["total_steps"] = total_steps
+                parts = [f"training loss={rec['train_loss']:.4f}"] if "train_loss" in rec else []
+                if rec.get("valid_loss") is not None:
+                    parts.append(f"validation loss={rec['valid_loss']:.4f}")
+                msg = f"Step {step}/{total_steps or '?'}: " + ", ".join(parts)
+                self._event(s, job_id, msg, type="metrics", data=data)
+                job.last_step = step
+                job.trained_tokens = int(rec.get("tokens", job.trained_tokens or 0))
+                added += 1
+            if added and total_steps:
+                job.total_steps = total_steps
+                elapsed = float(records[-1].get("elapsed") or 0)
+                if job.last_step:
+                    left = elapsed / job.last_step * max(0, total_steps - job.last_step)
+                    job.estimated_finish = int(time.time() + left)
+        return added
+
+    def sync_checkpoints(
+        self, job: Job, found: list[tuple[int, Path, dict[str, Any]]], worker_id: str
+    ) -> list[int]:
+        """Make the job's checkpoint rows match the checkpoint folders that exist (the
+        trainer prunes old ones). Returns the steps newly recorded."""
+        model_id = fine_tuned_model_id(job.base_model, job.org_id, job.suffix, job.id)
+        steps = {step for step, _, _ in found}
+        new: list[int] = []
+        with self.session() as s:
+            if s.scalar(select(Job.worker_id).where(Job.id == job.id)) != worker_id:
+                return []
+            rows = {
+                c.step: c
+                for c in s.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == job.id))
+            }
+            for step, row in rows.items():
+                if step not in steps:
+                    s.delete(row)
+            for step, path, metrics in found:
+                if step in rows:
+                    continue
+                s.add(
+                    JobCheckpoint(
+                        id=new_id("ftckpt"),
+                        job_id=job.id,
+                        org_id=job.org_id,
+                        created_at=now(),
+                        step=step,
+                        model_id=checkpoint_model_id(model_id, step),
+                        metrics=json_safe({"step": step, **metrics}),
+                        path=str(path),
+                    )
+                )
+                self._event(s, job.id, f"Checkpoint created at step {step}", data={"step": step})
+                new.append(step)
+        return new
+
+    def register_model(self, job: Job, path: Path) -> str:
+        """Record the fine-tuned model a job produced; returns its `ft:` id."""
+        model_id = fine_tuned_model_id(job.base_model, job.org_id, job.suffix, job.id)
+        with self.session() as s:
+            if s.scalar(select(Model).where(Model.id == model_id)) is None:
+                s.add(
+                    Model(
+                        id=model_id,
+                        org_id=job.org_id,
+                        job_id=job.id,
+                        created_at=now(),
+                        base_model=job.base_model,
+                        parent_model=job.parent_model,
+                        path=str(path),
+                    )
+                )
+        return model_id
+
+    def count_jobs(self, status: str | None = None) -> int:
+        with self.reading() as s:
+            q = select(func.count()).select_from(Job)
+            if status:
+                q = q.where(Job.status == status)
+            return int(s.scalar(q) or 0)
+
+
+def json_safe(data: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`data` with NaN / infinite floats (a diverged loss) as None: JSON has no NaN."""
+    if data is None:
+        return None
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()
+    }
+
+
+def validate_upload(path: Path) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(status, status_details, report) of an uploaded training file, by the data pipeline."""
+    from tuneforge.data.io import DatasetError, read_dataset
+    from tuneforge.data.validate import validate
+
+    try:
+        report = validate(read_dataset(path))
+    except DatasetError as err:
+        return "error", str(err).replace(str(path), "file"), None
+    as_dict = report.to_dict(limit=50)
+    as_dict["path"] = None  # the store's path is nobody's business
+    if report.ok:
+        return "processed", None, as_dict
+    lines = []
+    for p in report.errors[:20]:
+        where = f"line {p.line}: " if p.line is not None else ""
+        lines.append(f"{where}{p.message} [{p.code}]")
+    more = len(report.errors) - len(lines)
+    details = "; ".join(lines) + (f"; and {more} more errors" if more > 0 else "")
+    return "error", details, as_dict
+
+
+def write_upload(stream: Any, dest: Path, max_bytes: int, chunk: int = 1 << 20) -> int:
+    """Copy a file-like `stream` into `dest`, refusing more than `max_bytes`. Returns the size."""
+    from tuneforge.jobs.errors import TooLarge
+
+    total = 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as out:
+        while True:
+            block = stream.read(chunk)
+            if not block:
+                break
+            total += len(block)
+            if total > max_bytes:
+                out.close()
+                os.unlink(dest)
+                raise TooLarge(
+                    f"File is larger than the {max_bytes:,}-byte upload limit.", param="file"
+                )
+            out.write(block)
+    return total

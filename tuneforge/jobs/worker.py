@@ -1,0 +1,461 @@
+"""The job worker: claims jobs, runs training in a subprocess, and reports progress.
+
+One `Worker` runs one job at a time (start several processes, on one database, for more):
+
+1. `claim` a queued job (or a running one whose worker's lease expired) with a lease;
+2. spawn `python -m tuneforge.jobs.runner JOB_DIR` (training in its own process: a crash or
+   an out-of-memory kill of training never takes the worker down, and GPU memory is returned
+   when it exits);
+3. every `poll_s`: heartbeat the lease, turn new lines of the run's `metrics.jsonl` into
+   `metrics` events, record new checkpoints, and act on cancel / pause requests: SIGTERM
+   first (the training loop checkpoints and stops at the end of the current step), SIGKILL
+   after `stop_grace_s`;
+4. record the outcome: the fine-tuned model, the results CSV, or the error.
+
+Jobs always train with `checkpoint.resume: auto`, so a job that was paused, or whose worker
+was killed (even SIGKILL: the lease expires, the next worker claims it), continues from its
+newest checkpoint. Events are never rewritten: a resumed run adds events only for steps past
+the last one already logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneforge.jobs.db import Job
+from tuneforge.jobs.store import JobStore, new_id
+
+log = logging.getLogger("tuneforge.jobs.worker")
+
+# The runner reads this to die with its worker (see tuneforge.jobs.runner).
+PARENT_ENV = "TUNEFORGE_WORKER_PID"
+# What `tuneforge.training.checkpoint` writes: `step-000120/` folders, complete once their
+# trainer_state.json exists. Listed here without importing training (and torch) into the
+# worker process.
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_STATE_FILE = "trainer_state.json"
+
+MAX_ATTEMPTS = 5
+
+
+@dataclass
+class _Tail:
+    """Reads complete new lines of a JSONL file that may be rewritten (on resume)."""
+
+    path: Path
+    offset: int = 0
+    by_step: dict[int, dict[str, Any]] = field(default_factory=dict)
+    synced: list[int] | None = None  # checkpoint steps last recorded in the store
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size < self.offset:  # truncated: the trainer rewrote it when resuming
+            self.offset = 0
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        out = []
+        for line in chunk[:end].splitlines():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                out.append(rec)
+                self.by_step[int(rec.get("step", 0))] = rec
+        return out
+
+
+class Worker:
+    """Runs fine-tuning jobs from a `JobStore`, one at a time.
+
+    Example:
+        >>> worker = Worker(JobStore.open("tuneforge-data"))
+        >>> worker.run(stop_event)      # until stop_event is set
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        worker_id: str | None = None,
+        lease_s: float = 30.0,
+        poll_s: float = 0.5,
+        idle_s: float = 1.0,
+        stop_grace_s: float = 120.0,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        prewarm: bool = True,
+        command: list[str] | None = None,
+    ):
+        self.store = store
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.lease_s = lease_s
+        self.poll_s = poll_s
+        self.idle_s = idle_s
+        self.stop_grace_s = stop_grace_s
+        self.env = env
+        self.prewarm = prewarm
+        # The runner's argv before JOB_DIR (tests substitute a stand-in for training).
+        self.command = command or [python, "-m", "tuneforge.jobs.runner"]
+        self.stop_event = threading.Event()
+        self._spare: subprocess.Popen | None = None
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, stop: threading.Event | None = None, *, once: bool = False) -> None:
+        """Claim and run jobs until `stop` is set (or, with `once`, until none is waiting)."""
+        if stop is not None:
+            self.stop_event = stop
+        try:
+            self._loop(once)
+        finally:
+            self._drop_spare()
+
+    def _loop(self, once: bool) -> None:
+        while not self.stop_event.is_set():
+            if self.prewarm and self._spare is None:
+                self._spare = self._spawn(None, None)
+            job = self.store.claim(self.worker_id, self.lease_s)
+            if job is None:
+                if once:
+                    return
+                self.stop_event.wait(self.idle_s)
+                continue
+            try:
+                self.run_job(job)
+            except Exception as err:  # keep serving other jobs; the job itself is failed
+                log.exception("job %s crashed the worker loop", job.id)
+                self.store.finish_job(
+                    job.id,
+                    self.worker_id,
+                    "failed",
+                    f"Internal error in the worker: {err}",
+                    level="error",
+                    error={"code": "internal_error", "message": str(err), "param": None},
+                )
+
+    def start_thread(self) -> threading.Thread:
+        """Run in a daemon thread (what `tuneforge serve` does); `stop()` ends it."""
+        thread = threading.Thread(target=self.run, name="tuneforge-worker", daemon=True)
+        thread.start()
+        self._thread = thread
+        return thread
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.stop_event.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(timeout)
+
+    # ------------------------------------------------------------------ one job
+    def run_job(self, job: Job) -> str:
+        """Run a claimed job until it ends, pauses, or this worker stops. Returns the status."""
+        store, me = self.store, self.worker_id
+        if job.control in ("cancel", "pause"):  # asked for while its last worker was dead
+            status = "cancelled" if job.control == "cancel" else "paused"
+            store.finish_job(job.id, me, status, f"Fine-tuning job {status}")
+            return status
+        if job.attempts > MAX_ATTEMPTS:
+            msg = f"The job was interrupted {job.attempts - 1} times; giving up."
+            store.finish_job(
+                job.id,
+                me,
+                "failed",
+                msg,
+                level="error",
+                error={"code": "too_many_attempts", "message": msg, "param": None},
+            )
+            return "failed"
+        job_dir = store.job_dir(job.id)
+        out_dir = Path(job.train_overrides["output.dir"])
+        if job.status == "validating_files":
+            problem = self._check_files(job)
+            if problem:
+                store.finish_job(
+                    job.id,
+                    me,
+                    "failed",
+                    problem,
+                    level="error",
+                    error={
+                        "code": "invalid_training_file",
+                        "message": problem,
+                        "param": "training_file",
+                    },
+                )
+                return "failed"
+            store.update_job(job.id, me, status="queued")
+            store.add_event(job.id, "Files validated, moving job to queued state")
+        resumed_step = _latest_step(out_dir)
+        store.update_job(job.id, me, status="running", error=None)
+        if resumed_step:
+            store.add_event(
+                job.id,
+                f"Fine-tuning job resumed from the checkpoint at step {resumed_step}",
+                data={"step": resumed_step, "attempt": job.attempts},
+            )
+        else:
+            store.add_event(job.id, "Fine-tuning job started")
+
+        job_dir.mkdir(parents=True, exist_ok=True)
+        (job_dir / "overrides.json").write_text(json.dumps(job.train_overrides, indent=2))
+        for name in ("run.json", "result.json"):
+            with contextlib.suppress(FileNotFoundError):
+                (job_dir / name).unlink()
+        logs = job_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        log_path = logs / f"attempt-{job.attempts}.log"
+        proc = self._take_spare(job_dir, log_path) or self._spawn(job_dir, log_path)
+        try:
+            return self._watch(job, proc, job_dir, out_dir)
+        except BaseException:  # never leave training running unwatched
+            _kill(proc, signal.SIGKILL)
+            proc.wait()
+            raise
+
+    def _spawn(self, job_dir: Path | None, log_path: Path | None) -> subprocess.Popen:
+        """Start a runner for `job_dir`, or (None) a standby runner waiting on stdin."""
+        env = dict(os.environ if self.env is None else self.env)
+        env[PARENT_ENV] = str(os.getpid())
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        args = [*self.command, str(job_dir or "--standby")]
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            return subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.PIPE if job_dir is None else subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # a Ctrl-C at the terminal goes to the worker only
+            )
+        finally:
+            if log_path:
+                out.close()
+
+    def _take_spare(self, job_dir: Path, log_path: Path) -> subprocess.Popen | None:
+        """Hand the job to the standby runner, if one is alive. (The next one starts once this
+        job's setup is done, so the two do not compete for CPU while the job loads.)"""
+        spare, self._spare = self._spare, None
+        if spare is None or spare.poll() is not None or spare.stdin is None:
+            return None
+        try:
+            spare.stdin.write(f"{job_dir}\t{log_path}\n".encode())
+            spare.stdin.close()
+        except OSError:
+            return None
+        return spare
+
+    def _drop_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is not None:  # it holds no state: no need to wait for its imports
+            _kill(spare, signal.SIGKILL)
+            spare.wait()
+
+    def _check_files(self, job: Job) -> str | None:
+        for file_id in filter(None, (job.training_file, job.validation_file)):
+            try:
+                f = self.store.get_file(job.org_id, file_id)
+            except Exception:
+                return f"File {file_id} was deleted before the job started."
+            if not self.store.file_path(f).is_file():
+                return f"File {file_id} is missing from the store."
+        return None
+
+    def _watch(self, job: Job, proc: subprocess.Popen, job_dir: Path, out_dir: Path) -> str:
+        store, me = self.store, self.worker_id
+        tail = _Tail(out_dir / "metrics.jsonl")
+        total_steps: int | None = job.total_steps
+        run_seen = False
+        signalled_at: float | None = None
+        reason: str | None = None  # "cancel", "pause", "shutdown"
+        last_beat = 0.0
+        # Heartbeats also carry cancel / pause requests, so beat at least every second.
+        beat_every = max(0.2, min(self.lease_s / 3, 1.0))
+        while True:
+            exited = proc.poll() is not None
+            if not run_seen and (job_dir / "run.json").is_file():
+                run = json.loads((job_dir / "run.json").read_text())
+                total_steps = run["total_steps"]
+                run_seen = True
+                store.update_job(
+                    job.id, me, hyperparameters=run["hyperparameters"], total_steps=total_steps
+                )
+                if self.prewarm and self._spare is None and not self.stop_event.is_set():
+                    self._spare = self._spawn(None, None)
+            records = tail.read()
+            if records:
+                store.record_metrics(job.id, me, records, total_steps)
+            self._sync_checkpoints(job, out_dir, tail)
+            if exited:
+                break
+            now = time.monotonic()
+            if now - last_beat >= beat_every:
+                last_beat = now
+                ours, control = store.heartbeat(job.id, me, self.lease_s)
+                if not ours:
+                    log.warning("lost the lease of %s; stopping its training", job.id)
+                    _kill(proc, signal.SIGKILL)
+                    proc.wait()
+                    return "lost"
+                if reason is None and control in ("cancel", "pause"):
+                    reason = control
+                if reason is None and self.stop_event.is_set():
+                    reason = "shutdown"
+                if reason is not None and signalled_at is None:
+                    _kill(proc, signal.SIGTERM)
+                    signalled_at = now
+            if signalled_at is not None and now - signalled_at > self.stop_grace_s:
+                store.add_event(
+                    job.id,
+                    f"Training did not stop within {self.stop_grace_s:.0f}s; killed",
+                    level="warn",
+                )
+                _kill(proc, signal.SIGKILL)
+                signalled_at = float("inf")
+            time.sleep(self.poll_s)
+        return self._finish(job, proc.returncode, reason, job_dir, out_dir, tail)
+
+    def _sync_checkpoints(self, job: Job, out_dir: Path, tail: _Tail) -> None:
+        on_disk = _checkpoints(out_dir)
+        steps = [step for step, _ in on_disk]
+        if steps == tail.synced:
+            return
+        tail.synced = steps
+        found = []
+        for step, path in on_disk:
+            rec = tail.by_step.get(step, {})
+            metrics = {
+                k: rec.get(k)
+                for k in (
+                    "train_loss",
+                    "train_mean_token_accuracy",
+                    "valid_loss",
+                    "valid_mean_token_accuracy",
+                )
+            }
+            found.append((step, path, metrics))
+        self.store.sync_checkpoints(job, found, self.worker_id)
+
+    def _finish(
+        self, job: Job, rc: int, reason: str | None, job_dir: Path, out_dir: Path, tail: _Tail
+    ) -> str:
+        store, me = self.store, self.worker_id
+        result: dict[str, Any] = {}
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            result = json.loads((job_dir / "result.json").read_text())
+        step = _latest_step(out_dir) or 0
+        if rc == 0:
+            return self._succeed(job, out_dir, result)
+        if result.get("status") == "failed" or (rc not in (130, -15, -9) and reason is None):
+            message = result.get("error") or f"training exited with status {rc}"
+            tail_log = _log_tail(job_dir / "logs" / f"attempt-{job.attempts}.log")
+            store.finish_job(
+                job.id,
+                me,
+                "failed",
+                f"Fine-tuning job failed: {message}",
+                level="error",
+                error={"code": "training_failed", "message": message, "param": None},
+            )
+            if tail_log:
+                store.add_event(job.id, "Training log (last lines):\n" + tail_log, level="error")
+            return "failed"
+        if reason == "cancel":
+            store.finish_job(job.id, me, "cancelled", "Fine-tuning job cancelled")
+            return "cancelled"
+        if reason == "pause":
+            store.finish_job(
+                job.id,
+                me,
+                "paused",
+                f"Fine-tuning job paused at step {step}",
+            )
+            return "paused"
+        # Stopped without a request (worker shutdown, or someone signalled training): requeue.
+        store.finish_job(
+            job.id,
+            me,
+            "queued",
+            f"Worker {me} stopped; job re-queued to resume from step {step}",
+            level="warn",
+        )
+        return "queued"
+
+    def _succeed(self, job: Job, out_dir: Path, result: dict[str, Any]) -> str:
+        store, me = self.store, self.worker_id
+        result_files = []
+        csv_path = out_dir / "results.csv"
+        if csv_path.is_file():
+            tmp = store.data_dir / "files" / f".tmp-{new_id('r', 8)}"
+            shutil.copyfile(csv_path, tmp)
+            f = store.add_file(job.org_id, "step_metrics.csv", "fine-tune-results", tmp)
+            result_files.append(f.id)
+        model_id = store.register_model(job, out_dir)
+        metrics = result.get("metrics") or {}
+        store.add_event(job.id, f"New fine-tuned model created: {model_id}", data=metrics)
+        store.finish_job(
+            job.id,
+            me,
+            "succeeded",
+            "The job has successfully completed",
+            fine_tuned_model=model_id,
+            result_files=result_files,
+            trained_tokens=metrics.get("tokens"),
+        )
+        return "succeeded"
+
+
+def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of the complete checkpoints of a run, oldest first."""
+    root = out_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / _STATE_FILE).is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def _latest_step(out_dir: Path) -> int | None:
+    found = _checkpoints(out_dir)
+    return found[-1][0] if found else None
+
+
+def _kill(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(sig)
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def results_rows(csv_text: str) -> list[dict[str, str]]:
+    """Parse a results CSV (as the Files API returns it) into rows."""
+    return list(csv.DictReader(io.StringIO(csv_text)))

@@ -1,0 +1,206 @@
+"""Request handling shared by `/v1/chat/completions` and `/v1/completions`.
+
+`GenerationHandler` turns a validated request body into a `GenerationRequest` (checking every
+limit before anything is queued), submits it, and either collects the choices or yields them
+step by step for streaming. Routes stay thin: they build the prompt ids and shape responses.
+
+Limits enforced here (all 400 unless said otherwise): `max_tokens` <= `max_tokens_cap`;
+`n` <= `max_n`; at most `max_stop` stop sequences of at most `max_stop_chars` characters;
+prompt within `max_prompt_tokens` and, with `max_tokens`, within the model's context
+(`context_length_exceeded`); `top_logprobs` <= `max_logprobs`; a full queue is 429 with
+`Retry-After`; an unknown model is 404; a model still loading is 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from tuneforge.inference.engine import Engine, EngineError, QueueFull, RequestStream
+from tuneforge.inference.params import Delta, GenerationRequest, SamplingParams, TokenLogprob
+from tuneforge.inference.registry import ModelEntry, ModelRegistry
+from tuneforge.server.auth import Principal
+from tuneforge.server.errors import APIError, bad_request, model_not_found
+from tuneforge.server.metrics import Metrics
+from tuneforge.server.settings import ServerSettings
+
+
+@dataclass
+class ChoiceResult:
+    """One finished choice of a non-streaming request."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str = "length"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def fingerprint() -> str:
+    from tuneforge import __version__
+
+    return f"tuneforge-{__version__}"
+
+
+class GenerationHandler:
+    """Validates, submits and follows one generation request."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        registry: ModelRegistry,
+        settings: ServerSettings,
+        metrics: Metrics,
+        principal: Principal,
+    ) -> None:
+        self.engine, self.registry, self.settings = engine, registry, settings
+        self.metrics, self.principal = metrics, principal
+        self.started = time.perf_counter()
+
+    # -- validation --------------------------------------------------------------------------
+
+    def resolve(self, model_id: str) -> ModelEntry:
+        entry = self.registry.resolve(model_id, self.principal.org_id)
+        if entry is None:
+            raise model_not_found(model_id)
+        return entry
+
+    def check_n(self, n: int | None) -> int:
+        n = 1 if n is None else n
+        if n > self.settings.max_n:
+            raise bad_request(f"n must be at most {self.settings.max_n}", param="n")
+        return n
+
+    def stops(self, stop: str | list[str] | None) -> tuple[str, ...]:
+        if stop is None:
+            return ()
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        if len(stops) > self.settings.max_stop:
+            raise bad_request(
+                f"at most {self.settings.max_stop} stop sequences are allowed", param="stop"
+            )
+        for s in stops:
+            if len(s) > self.settings.max_stop_chars:
+                raise bad_request(
+                    f"stop sequences may be at most {self.settings.max_stop_chars} characters",
+                    param="stop",
+                )
+        return tuple(s for s in stops if s)
+
+    def max_tokens(self, entry: ModelEntry, requested: int | None, prompt_len: int) -> int:
+        """The completion budget, after checking the prompt against the context."""
+        context = self.engine.context_length(entry)
+        prompt_cap = min(self.settings.max_prompt_tokens or context, context - 1)
+        if prompt_len > prompt_cap:
+            raise bad_request(
+                f"The prompt has {prompt_len} tokens; this model accepts at most {prompt_cap}.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        if prompt_len == 0:
+            raise bad_request("The prompt is empty.", param="prompt")
+        if requested is None:
+            return max(1, min(self.settings.default_max_tokens, context - prompt_len))
+        if requested > self.settings.max_tokens_cap:
+            raise bad_request(
+                f"max_tokens must be at most {self.settings.max_tokens_cap}", param="max_tokens"
+            )
+        if prompt_len + requested > context:
+            raise bad_request(
+                f"This model's maximum context length is {context} tokens; the prompt has "
+                f"{prompt_len} and max_tokens is {requested}.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return requested
+
+    def logprobs(self, k: int | None) -> None:
+        if k is not None and k > self.settings.max_logprobs:
+            raise bad_request(
+                f"top_logprobs must be at most {self.settings.max_logprobs}", param="top_logprobs"
+            )
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def submit(
+        self, entry: ModelEntry, prompt_ids: list[int], params: SamplingParams, n: int, **kw
+    ) -> RequestStream:
+        request = GenerationRequest(entry, prompt_ids, params, n=n, **kw)
+        try:
+            return self.engine.submit(request)
+        except QueueFull:
+            retry = str(self.settings.retry_after_s)
+            raise APIError(
+                429,
+                "The server is busy: too many requests are waiting. Retry shortly.",
+                code="queue_full",
+                headers={"Retry-After": retry},
+            ) from None
+
+    async def collect(self, request: Request, stream: RequestStream, n: int) -> list[ChoiceResult]:
+        """Run a request to the end; a client that disconnects cancels it (frees the slot)."""
+        results = [ChoiceResult(index=i) for i in range(n)]
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, stream))
+        try:
+            async for deltas in self.follow(stream):
+                for d in deltas:
+                    r = results[d.index]
+                    r.text += d.text
+                    r.token_ids += d.token_ids
+                    r.logprobs += d.logprobs
+                    if d.finish_reason:
+                        r.finish_reason = d.finish_reason
+        finally:
+            watcher.cancel()
+            stream.cancel()
+        return results
+
+    async def follow(self, stream: RequestStream) -> AsyncIterator[list[Delta]]:
+        """The engine's deltas, with metrics recorded and engine errors as APIError."""
+        first = True
+        try:
+            async for deltas in stream:
+                if first and any(d.token_ids for d in deltas):
+                    self.metrics.ttft.observe(time.perf_counter() - self.started)
+                    first = False
+                yield deltas
+        except EngineError as err:
+            raise APIError(err.status, str(err), code=err.code) from None
+        finally:
+            self.metrics.prompt_tokens.inc(stream.prompt_tokens)
+            self.metrics.generated_tokens.inc(stream.completion_tokens)
+            self.metrics.latency.observe(time.perf_counter() - self.started)
+
+
+async def _cancel_on_disconnect(request: Request, stream: RequestStream) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        while not stream.done:
+            if await request.is_disconnected():
+                stream.cancel()
+                return
+            await asyncio.sleep(0.1)
+
+
+def sse(data: object) -> bytes:
+    """One server-sent event carrying `data` as JSON (or a raw string such as [DONE])."""
+    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {payload}\n\n".encode()
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

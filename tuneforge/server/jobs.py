@@ -1,0 +1,123 @@
+"""The fine-tuning job store inside the server: opening it, its model source, the worker.
+
+`install(app)` (a startup hook of `create_app`) puts a `JobsState` on `app.state.jobs`:
+the `JobStore` is opened lazily, on the first fine-tuning request (so an inference-only
+server never creates a database), and fine-tuned models and checkpoints are plugged into the
+model registry as a source, so they are listed in `/v1/models` and served by id. With
+`settings.worker` (what `tuneforge serve` sets unless `--no-worker`), a `Worker` runs jobs in
+a background thread of the server process.
+
+Routes reach the store through the typed dependency `Store`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
+
+from tuneforge.inference.registry import ModelEntry
+from tuneforge.jobs.errors import StoreError
+from tuneforge.jobs.store import JobStore
+from tuneforge.jobs.worker import Worker
+from tuneforge.server.errors import APIError
+
+log = logging.getLogger("tuneforge.server")
+
+
+class JobsState:
+    """The store (opened on first use), and the in-process worker if any."""
+
+    def __init__(self, data_dir: Path, url: str | None = None):
+        self.data_dir = Path(data_dir)
+        self.url = url
+        self._store: JobStore | None = None
+        self._lock = threading.Lock()
+        self.worker: Worker | None = None
+
+    @property
+    def opened(self) -> bool:
+        return self._store is not None
+
+    @property
+    def store(self) -> JobStore:
+        with self._lock:
+            if self._store is None:
+                self._store = JobStore.open(self.data_dir, self.url)
+            return self._store
+
+    def exists(self) -> bool:
+        """Whether a store was ever created here (listing models must not create one)."""
+        return (
+            self._store is not None
+            or self.url is not None
+            or (self.data_dir / "tuneforge.db").is_file()
+        )
+
+    # -- the registry's model source ---------------------------------------------------------
+    def list_models(self) -> list[ModelEntry]:
+        if not self.exists():
+            return []
+        out = []
+        for m in self.store.list_models(None):
+            out.append(
+                ModelEntry(
+                    id=m.id,
+                    path=Path(m.path),
+                    owned_by=m.org,
+                    org=m.org,
+                    created=m.created,
+                )
+            )
+        return out
+
+    def delete_model(self, model_id: str) -> bool:
+        for m in self.store.list_models(None, checkpoints=False):
+            if m.id == model_id:
+                self.store.delete_model(m.org, model_id)
+                return True
+        return False
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.stop(timeout=self.worker.stop_grace_s + 10)
+        if self._store is not None:
+            self._store.close()
+
+
+def install(app: FastAPI) -> None:
+    """Startup hook: job state on `app.state.jobs`, fine-tunes in the registry, the worker."""
+    settings = app.state.settings
+    state = JobsState(settings.data_dir, settings.database_url)
+    app.state.jobs = state
+    app.state.registry.add_source(state, root=Path(settings.data_dir).resolve())
+    if settings.worker:
+        state.worker = Worker(state.store, lease_s=settings.worker_lease_s)
+        state.worker.start_thread()
+        log.info("job worker %s started", state.worker.worker_id)
+
+
+def uninstall(app: FastAPI) -> None:
+    """Shutdown hook: stop the worker (its job is re-queued) and close the store."""
+    state = getattr(app.state, "jobs", None)
+    if state is not None:
+        state.close()
+
+
+def get_store(request: Request) -> JobStore:
+    state: JobsState | None = getattr(request.app.state, "jobs", None)
+    if state is None:  # an app built without its startup hooks (e.g. no lifespan)
+        install(request.app)
+        state = request.app.state.jobs
+    return state.store
+
+
+Store = Annotated[JobStore, Depends(get_store)]
+
+
+def api_error(err: StoreError) -> APIError:
+    """A store error in OpenAI's error shape (404 for other tenants' objects, too)."""
+    return APIError(err.status, err.message, param=err.param, code=err.code)

@@ -1,0 +1,52 @@
+"""`/v1/models`: list, retrieve and delete models.
+
+Ids may contain `/` and `:` (`acme/support-bot`, `ft:tiny:org-a::abc`), and the official
+client percent-encodes `/` as `%2F`; the `{model_id:path}` converter receives the decoded id
+either way. Ids are looked up in the registry, never used as paths.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from tuneforge.inference.registry import ModelEntry
+from tuneforge.server.deps import CurrentPrincipal, Registry
+from tuneforge.server.errors import ERROR_RESPONSES, APIError, model_not_found
+from tuneforge.server.schemas import ModelDeleted, ModelList, ModelPublic
+
+router = APIRouter(prefix="/v1", tags=["models"], responses={401: ERROR_RESPONSES[401]})
+
+
+def _public(entry: ModelEntry) -> ModelPublic:
+    return ModelPublic(id=entry.id, created=entry.created, owned_by=entry.owned_by)
+
+
+@router.get("/models")
+def list_models(registry: Registry, principal: CurrentPrincipal) -> ModelList:
+    """Every model the caller's organization can use: the base, adapters, fine-tunes."""
+    return ModelList(data=[_public(e) for e in registry.list(principal.org_id)])
+
+
+@router.get("/models/{model_id:path}", responses={404: ERROR_RESPONSES[404]})
+def retrieve_model(model_id: str, registry: Registry, principal: CurrentPrincipal) -> ModelPublic:
+    entry = registry.resolve(model_id, principal.org_id)
+    if entry is None:
+        raise model_not_found(model_id)
+    return _public(entry)
+
+
+@router.delete(
+    "/models/{model_id:path}",
+    responses={404: ERROR_RESPONSES[404], 400: ERROR_RESPONSES[400]},
+)
+def delete_model(model_id: str, registry: Registry, principal: CurrentPrincipal) -> ModelDeleted:
+    """Delete a fine-tune (the base model and models TuneForge did not make cannot be)."""
+    try:
+        deleted = registry.delete(model_id, principal.org_id)
+    except PermissionError:
+        raise APIError(
+            400, f"The model '{model_id}' cannot be deleted.", param="model", code="not_deletable"
+        ) from None
+    if not deleted:
+        raise model_not_found(model_id)
+    return ModelDeleted(id=model_id, deleted=True)

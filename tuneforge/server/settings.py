@@ -1,0 +1,140 @@
+"""`ServerSettings`: every knob of `tuneforge serve`, in one typed model.
+
+The CLI, the environment (`TUNEFORGE_*` variables) and tests all build one `ServerSettings`;
+nothing else in the server reads the environment. A plain pydantic model (not
+pydantic-settings, which is not a declared dependency): `ServerSettings.from_env(**overrides)`
+reads `TUNEFORGE_<FIELD>` for every field, and explicit overrides (CLI flags) win.
+
+Example:
+    >>> settings = ServerSettings.from_env(model_dir="models", api_keys=["sk-local"])
+    >>> app = create_app(settings)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "TUNEFORGE_"
+
+
+class ServerSettings(BaseModel):
+    """Configuration of the OpenAI-compatible server (inference and, later, fine-tuning)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # -- where models and data live -------------------------------------------------------------
+    model_dir: Path = Field(
+        Path("models"),
+        description="The model store: every model folder (base models, merged fine-tunes, LoRA "
+        "adapters) under it, up to two levels deep, is served under its relative path as id. "
+        "Model ids never resolve outside this folder.",
+    )
+    base_model: str | None = Field(
+        None,
+        description="Id (folder under model_dir), folder path or Hub id of the base model kept "
+        "in memory; adapters are applied on it. Default: the only full model in model_dir.",
+    )
+    data_dir: Path = Field(
+        Path("tuneforge-data"),
+        description="Where the server keeps its own state (uploaded files, job store, outputs).",
+    )
+
+    database_url: str | None = Field(
+        None,
+        description="Job store database URL (default: SQLite in data_dir); a PostgreSQL URL "
+        "lets many workers share one queue.",
+    )
+
+    # -- fine-tuning jobs (tuneforge.server.jobs) ----------------------------------------------
+    worker: bool = Field(
+        False,
+        description="Run a job worker in the server process (`tuneforge serve` turns it on "
+        "unless --no-worker).",
+    )
+    worker_lease_s: float = Field(
+        30.0, gt=0, description="Job lease: a worker silent this long is presumed dead."
+    )
+    max_upload_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Largest file accepted by POST /v1/files (413)."
+    )
+
+    # -- who may call ------------------------------------------------------------------------
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted API keys, all of organization 'default' (env TUNEFORGE_API_KEYS: "
+        "comma-separated).",
+    )
+    api_keys_file: Path | None = Field(
+        None, description='JSON file mapping key -> organization: {"sk-...": "org-a"}.'
+    )
+
+    # -- engine ---------------------------------------------------------------------------------
+    dtype: str = Field("fp32", description="fp32, bf16 or fp16.")
+    device: str | None = Field(None, description="torch device (default: cuda if available).")
+    max_batch_size: int = Field(16, ge=1, description="Sequences decoded together per step.")
+    max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 429.")
+    max_adapters: int = Field(8, ge=1, description="LoRA adapters kept loaded (LRU eviction).")
+    max_full_models: int = Field(
+        1, ge=0, description="Merged full fine-tunes kept loaded besides the base (LRU)."
+    )
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads.")
+
+    # -- request limits --------------------------------------------------------------------------
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024, description="Request body cap (413).")
+    max_tokens_cap: int = Field(4096, ge=1, description="Largest max_tokens accepted.")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens when none is given.")
+    max_n: int = Field(8, ge=1, description="Largest n accepted.")
+    max_stop: int = Field(4, ge=0, description="Most stop sequences per request.")
+    max_stop_chars: int = Field(64, ge=1, description="Longest stop sequence.")
+    max_prompt_tokens: int | None = Field(
+        None, ge=1, description="Longest prompt (default: the model's context length)."
+    )
+    max_logprobs: int = Field(20, ge=0, description="Largest top_logprobs accepted.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 429.")
+
+    # -- network ----------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+    trust_remote_code: bool = Field(False, description="Run model code from the Hub (off).")
+
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, value: str) -> str:
+        if value not in ("fp32", "bf16", "fp16"):
+            raise ValueError("dtype must be fp32, bf16 or fp16")
+        return value
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServerSettings:
+        """Settings from `TUNEFORGE_<FIELD>` variables, then `overrides` (None means unset)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            if name == "api_keys":
+                values[name] = [k.strip() for k in raw.split(",") if k.strip()]
+            elif field.annotation is bool:
+                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def key_table(self) -> dict[str, str]:
+        """Every accepted API key -> its organization id (empty: auth is off)."""
+        table = dict.fromkeys(self.api_keys, "default")
+        if self.api_keys_file is not None:
+            mapping = json.loads(Path(self.api_keys_file).read_text())
+            if not isinstance(mapping, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+            ):
+                raise ValueError(f"{self.api_keys_file}: expected a JSON object key -> org id")
+            table.update(mapping)
+        return table
