@@ -185,3 +185,29 @@ def test_adapters_mixed_batch_and_lru(tmp_path, tiny_tokenizer, tiny_model_dir):
         assert len(engine._base.adapters) <= 2
     finally:
         engine.shutdown()
+
+
+def test_merged_fine_tune_gets_its_own_lane(tiny_model_dir, tiny_gpt2_dir):
+    """A full model (e.g. a merged fine-tune) is loaded beside the base and decoded in a lane
+    of its own, concurrently with the base model's requests."""
+    engine, base = make_engine(tiny_model_dir, max_full_models=1)
+    merged = ModelEntry(id="merged", path=tiny_gpt2_dir, kind="full")
+    greedy = {"max_tokens": 6, "temperature": 0, "ignore_eos": True}
+
+    async def scenario():
+        return await asyncio.gather(
+            generate(engine, merged, "Hello! How can", **greedy),
+            generate(engine, base, "Hello! How can", **greedy),
+        )
+
+    try:
+        merged_out, base_out = asyncio.run(scenario())
+        model = engine._full[str(tiny_gpt2_dir)].model
+        ids = torch.tensor([engine.encode(merged, "Hello! How can")])
+        reference = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False
+        )[0, ids.shape[1] :].tolist()
+        assert merged_out[0][1] == reference
+        assert merged_out[0][1] != base_out[0][1]
+    finally:
+        engine.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import torch
 from train_data import make_config, run_recipe
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -37,6 +38,7 @@ def test_macro_f1_of_a_confusion_matrix():
     assert abs(macro_f1(torch.tensor([[1, 0], [1, 1]])) - 2 / 3) < 1e-9
 
 
+@pytest.mark.slow  # several training runs; the default run covers the same path more briefly
 def test_classifier_learns_a_separable_toy_set_and_loads_in_transformers(tiny_model_dir, tmp_path):
     train, valid = _write(tmp_path / "train.jsonl", 48, 0), _write(tmp_path / "valid.jsonl", 24, 1)
     cfg = make_config(

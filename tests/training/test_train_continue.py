@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from train_data import make_config, run_recipe, write_chat_jsonl
 from typer.testing import CliRunner
 
@@ -17,6 +18,7 @@ def test_replay_count_gives_the_requested_share():
     assert replay_count(24, 0.0, 100) == 0
 
 
+@pytest.mark.slow  # several training runs; the default run covers the same path more briefly
 def test_continue_from_adapter_records_lineage_and_replays(tiny_model_dir, tmp_path):
     old = write_chat_jsonl(tmp_path / "old.jsonl", 32, seed=0)
     new = write_chat_jsonl(tmp_path / "new.jsonl", 24, seed=5)

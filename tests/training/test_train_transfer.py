@@ -97,6 +97,7 @@ def test_gradual_unfreezing_opens_blocks_top_down_on_schedule(tiny_deep_dir, cha
     assert order == ["block.3", "block.2", "block.1", "block.0", "embeddings"]
 
 
+@pytest.mark.slow  # several training runs; the default run covers the same path more briefly
 def test_gradual_unfreezing_survives_resume(tiny_deep_dir, chat_data, tmp_path):
     train, _ = chat_data
     ref = run_recipe(make_config(tiny_deep_dir, train, tmp_path / "ref", **UNFREEZE))

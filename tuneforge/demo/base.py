@@ -13,6 +13,8 @@ Rebuild the bundled model with ``python -m tuneforge.demo.base --out tuneforge/d
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -54,7 +56,8 @@ class BaseRecipe:
 
     @property
     def key(self) -> str:
-        return f"demo-base-v{self.version}-{self.num_layers}x{self.hidden_size}"
+        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return f"demo-base-v{self.version}-{self.num_layers}x{self.hidden_size}-{digest[:8]}"
 
 
 BUNDLED = Path(__file__).parent / "base_model"

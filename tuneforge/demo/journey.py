@@ -67,8 +67,9 @@ class Journey:
         capture = contextlib.redirect_stdout(stdout) if stdout else contextlib.nullcontext()
         try:
             with capture:
-                app(list(args), standalone_mode=False)
-            code = 0
+                # Without standalone mode Click returns the exit code of `typer.Exit`.
+                returned = app(list(args), standalone_mode=False)
+            code = returned if isinstance(returned, int) else 0
         except typer.Exit as e:
             code = e.exit_code
         except SystemExit as e:
