@@ -14,7 +14,7 @@ For each we report the domain validation loss (did it learn the domain?) and the
 held-out general conversations before and after (did it forget?). Forgetting is the increase
 of the general loss; the ratio column compares it with (a), measured in the same run.
 
-    python benchmarks/forgetting.py            # ~ a few minutes on a laptop CPU
+    python benchmarks/forgetting.py            # CPU; the base is pretrained once, then cached
     python benchmarks/forgetting.py --demo-base  # use the demo's full-size base model
 
 Prints a Markdown table (the one in docs/forgetting.md) and writes it with the per-run

@@ -38,7 +38,6 @@ def test_lr_find_leaves_weights_untouched_and_suggests_a_sane_lr(
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert torch.equal(torch.get_rng_state(), rng)
     assert not recipe.optimizer.state  # the run's optimizer never stepped
-    assert result.stopped_early  # 10 is far past divergence for this model
     assert 1e-4 < result.suggested < 1.0 and 1e-4 < result.steepest < 1.0
     assert result.lrs[0] == 1e-4 and all(
         b > a for a, b in zip(result.lrs, result.lrs[1:], strict=False)
