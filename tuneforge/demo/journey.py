@@ -213,7 +213,6 @@ def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
         "eval", "--model", out, "--baseline", base, "--data", valid,
         "--general", str(general), "--blocklist", str(blocklist), "--out", report,
     )  # fmt: skip
-    console.print(f"report: {report}/report.html", highlight=False)
 
     _side_by_side(j, base, out, BANK_SYSTEM, BANK_QUESTIONS)
     _deploy_hint(j, base, out)
