@@ -173,21 +173,22 @@ def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
     out = j.path("runs/bank-lora")
     j.say("Find a learning rate", "An LR range test on a copy of the weights: loss vs LR.")
     sweep = j.run_json(
-        "lr-find", "--model", base, "--train", train, "--method", "lora",
-        "--output", out, "--steps", "40" if quick else "80", "--json",
+        "lr-find", "--model", base, "--train", train, "--method", "lora", "--output", out,
+        "--steps", "60", "--rule", "steepest", "--batch-size", "4", "--json",
     )  # fmt: skip
     lr = _usable_lr(sweep.get("suggested"))
     console.print(
-        f"suggested learning rate {sweep.get('suggested')}; the curve is in "
-        f"{sweep['files'].get('png', sweep['files'])}",
+        f"suggested learning rate {_fmt_lr(sweep.get('suggested'))} (steepest descent of the "
+        f"loss); training at {_fmt_lr(lr)}. The curve: {sweep['files'].get('png')}",
         highlight=False,
     )
 
     j.say("Fine-tune with LoRA", "A low-rank adapter on the frozen base; loss and LR each step.")
     j.run(
         "train", "--model", base, "--train", train, "--valid", valid, "--method", "lora",
-        "--lr", f"{lr:.2e}", "--epochs", "2" if quick else "3", "--eval-every", "20",
-        "--set", "lora.r=16", "--set", "lora.alpha=32", "--output", out, "--seed", "0",
+        "--lr", _fmt_lr(lr), "--epochs", "3" if quick else "6", "--batch-size", "4",
+        "--eval-every", "40", "--set", "lora.r=32", "--set", "lora.alpha=64",
+        "--set", "lora.dropout=0", "--output", out, "--seed", "0",
     )  # fmt: skip
 
     if not quick:
@@ -198,7 +199,7 @@ def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
         )
         j.run(
             "train", "--model", base, "--train", train, "--valid", valid, "--method", "full",
-            "--lr", "1e-3", "--epochs", "2", "--set", "unfreeze.every=epoch",
+            "--lr", "1e-3", "--epochs", "3", "--set", "unfreeze.every=epoch",
             "--set", "unfreeze.start_blocks=1", "--set", "optim.layer_decay=0.7",
             "--output", j.path("runs/bank-unfreeze"), "--seed", "0",
         )  # fmt: skip
@@ -250,8 +251,12 @@ def _search(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
 def _usable_lr(suggested: float | None) -> float:
     """The sweep's suggestion, kept inside the range where LoRA on the demo model is stable."""
     if suggested is None:
-        return 2e-3
-    return min(5e-3, max(5e-4, suggested))
+        return 5e-3
+    return min(5e-3, max(1e-3, suggested))
+
+
+def _fmt_lr(lr: float | None) -> str:
+    return "none" if lr is None else f"{lr:.1e}"
 
 
 def _side_by_side(j: Journey, base: str, tuned: str, system: str, questions: list[str]) -> None:
