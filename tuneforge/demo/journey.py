@@ -191,17 +191,19 @@ def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
         "--set", "lora.dropout=0", "--output", out, "--seed", "0",
     )  # fmt: skip
 
+    tuned = {"LoRA": out}
     if not quick:
         j.say(
             "Or: gradual unfreezing",
             "The guide's recipe for full fine-tuning: train the head, then unfreeze one block "
             "at a time from the top, lower blocks at a smaller learning rate.",
         )
+        tuned["gradual unfreezing"] = j.path("runs/bank-unfreeze")
         j.run(
             "train", "--model", base, "--train", train, "--valid", valid, "--method", "full",
             "--lr", "1e-3", "--epochs", "3", "--set", "unfreeze.every=epoch",
             "--set", "unfreeze.start_blocks=1", "--set", "optim.layer_decay=0.7",
-            "--output", j.path("runs/bank-unfreeze"), "--seed", "0",
+            "--output", tuned["gradual unfreezing"], "--seed", "0",
         )  # fmt: skip
 
     j.say(
@@ -209,14 +211,16 @@ def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
         "Base vs fine-tuned: loss, replies scored against the references, reply length, "
         "blocklisted phrases, and forgetting on general text.",
     )
-    report = j.path("runs/bank-lora/eval")
-    j.run(
-        "eval", "--model", out, "--baseline", base, "--data", valid,
-        "--general", str(general), "--blocklist", str(blocklist), "--out", report,
-    )  # fmt: skip
+    for folder in tuned.values():
+        j.run(
+            "eval", "--model", folder, "--baseline", base, "--data", valid,
+            "--general", str(general), "--blocklist", str(blocklist),
+            "--out", f"{folder}/eval",
+        )  # fmt: skip
 
-    _side_by_side(j, base, out, BANK_SYSTEM, BANK_QUESTIONS)
+    _side_by_side(j, {"base model": base, **tuned}, BANK_SYSTEM, BANK_QUESTIONS)
     _deploy_hint(j, base, out)
+    report = Path(out, "eval")
     return json.loads(Path(report, "metrics.json").read_text())
 
 
@@ -243,7 +247,7 @@ def _search(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
     j.say("Evaluate", "JSON validity and per-field accuracy, base vs fine-tuned.")
     report = j.path("runs/search-lora/eval")
     j.run("eval", "--model", out, "--baseline", base, "--data", valid, "--out", report)
-    _side_by_side(j, base, out, SEARCH_SYSTEM, SEARCH_QUESTIONS)
+    _side_by_side(j, {"base model": base, "LoRA": out}, SEARCH_SYSTEM, SEARCH_QUESTIONS)
     _deploy_hint(j, base, out)
     return json.loads(Path(report, "metrics.json").read_text())
 
@@ -259,29 +263,28 @@ def _fmt_lr(lr: float | None) -> str:
     return "none" if lr is None else f"{lr:.1e}"
 
 
-def _side_by_side(j: Journey, base: str, tuned: str, system: str, questions: list[str]) -> None:
+def _side_by_side(j: Journey, models: dict[str, str], system: str, questions: list[str]) -> None:
     from tuneforge.evaluation import GenerationSettings, generate_replies, load_for_eval
     from tuneforge.evaluation.generate import stop_token_ids
     from tuneforge.tokenize import render_prompt
 
-    j.say("Ask both models", "The same questions to the base model and to the fine-tune.")
+    j.say("Ask the models", "The same questions to the base model and to the fine-tunes.")
     settings = GenerationSettings(max_new_tokens=64, batch_size=len(questions))
     conversations = [
         [{"role": "system", "content": system}, {"role": "user", "content": q}] for q in questions
     ]
-    answers = {}
-    for name, folder in (("base", base), ("fine-tuned", tuned)):
+    table = Table(show_lines=True)
+    table.add_column("question")
+    columns = []
+    for name, folder in models.items():
         loaded = load_for_eval(folder)
         prompts = [render_prompt(c, loaded.tokenizer) for c in conversations]
         stops = stop_token_ids(loaded.model, loaded.tokenizer)
         replies = generate_replies(loaded.model, loaded.tokenizer, prompts, settings, stops)
-        answers[name] = [r.text for r in replies]
-    table = Table(show_lines=True)
-    table.add_column("question")
-    table.add_column("base model")
-    table.add_column("fine-tuned")
-    for i, q in enumerate(questions):
-        table.add_row(q, answers["base"][i], answers["fine-tuned"][i])
+        table.add_column(name)
+        columns.append([r.text for r in replies])
+    for i, question in enumerate(questions):
+        table.add_row(question, *(column[i] for column in columns))
     j.console.print(table)
 
 
