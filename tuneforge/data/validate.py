@@ -99,7 +99,8 @@ FIXES: dict[str, str] = {
     "consecutive_same_role": "merge consecutive messages of the same role, or check the order",
     "system_not_first": "put the system message first: most chat templates require it",
     "last_message_not_assistant": "end with the assistant reply: later messages are not learned",
-    "unrecognized_key": "remove keys TuneForge does not read (`tuneforge data clean` drops them)",
+    "unrecognized_key": "training ignores this key; check it is not a misspelt one "
+    "(`tuneforge data clean` keeps it, as metadata)",
     "missing_prompt": "give the example a string `prompt` (it may be empty)",
     "missing_completion": "give the example a non-empty string `completion`",
     "invalid_prompt_type": "make `prompt` a string",

@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from tuneforge.data.stats import auto_epochs  # one rule for `data stats` and `train`
+
 Auto = Literal["auto"]
 
 
@@ -498,17 +500,6 @@ def _describe(err: ValidationError) -> list[str]:
         if msg not in by_loc[loc]:
             by_loc[loc].append(msg)
     return [f"{loc}: {msg}" for loc, msgs in by_loc.items() for msg in msgs]
-
-
-def auto_epochs(n_examples: int) -> int:
-    """OpenAI's default: 3 epochs, more for tiny sets (>= ~100 examples seen, at most 25),
-    fewer for huge ones (<= ~25000 examples seen, at least 1)."""
-    n = max(1, n_examples)
-    if n * 3 < 100:
-        return min(25, math.ceil(100 / n))
-    if n * 3 > 25_000:
-        return max(1, 25_000 // n)
-    return 3
 
 
 def auto_batch_size(n_examples: int) -> int:
