@@ -66,3 +66,14 @@ def test_demo_datasets_are_deterministic(tmp_path):
     assert search_examples(5) == search_examples(5)
     reply = json.loads(search_examples(1)[0]["messages"][-1]["content"])
     assert "category" in reply
+
+
+def test_quick_search_demo_learns_to_answer_in_json(tmp_path):
+    result = run_demo(
+        tmp_path, Console(file=io.StringIO(), width=120), quick=True, example="search"
+    )
+    assert (tmp_path / "runs/search-full/eval/report.html").is_file()
+    valid = _row(result, "json_valid")
+    assert valid["model"] > 0.9 and valid["baseline"] < 0.1, valid
+    fields = _row(result, "json_field_accuracy")
+    assert fields["delta"] > 0, fields

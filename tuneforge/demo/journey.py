@@ -219,7 +219,7 @@ def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
         )  # fmt: skip
 
     _side_by_side(j, {"base model": base, **tuned}, BANK_SYSTEM, BANK_QUESTIONS)
-    _deploy_hint(j, base, out)
+    _deploy_hint(j, base, out, BANK_QUESTIONS[0])
     report = Path(out, "eval")
     return json.loads(Path(report, "metrics.json").read_text())
 
@@ -229,7 +229,7 @@ def _search(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
         "A dataset",
         "Colloquial shopping queries (slang, typos) and the JSON filters the search needs.",
     )
-    data = write_search_dataset(j.workdir / "search.jsonl", n=300 if quick else 600)
+    data = write_search_dataset(j.workdir / "search.jsonl", n=600)
     j.run("data", "check", str(data))
     train, valid = j.path("train.jsonl"), j.path("valid.jsonl")
     j.run(
@@ -237,18 +237,22 @@ def _search(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
         "--train-out", train, "--valid-out", valid,
     )  # fmt: skip
     base = _base_model(j, model)
-    out = j.path("runs/search-lora")
-    j.say("Fine-tune with LoRA", "The base model has never seen JSON filters.")
+    out = j.path("runs/search-full")
+    j.say(
+        "Fine-tune all weights",
+        "The base model has never seen JSON: a new output format needs more than an adapter "
+        "on a model this small, so every weight trains, at a careful learning rate.",
+    )
     j.run(
-        "train", "--model", base, "--train", train, "--valid", valid, "--method", "lora",
-        "--lr", "3e-3", "--epochs", "2" if quick else "4", "--eval-every", "40",
-        "--set", "lora.r=32", "--set", "lora.alpha=64", "--output", out, "--seed", "0",
+        "train", "--model", base, "--train", train, "--valid", valid, "--method", "full",
+        "--lr", "1e-3", "--epochs", "2" if quick else "3", "--eval-every", "40",
+        "--output", out, "--seed", "0",
     )  # fmt: skip
     j.say("Evaluate", "JSON validity and per-field accuracy, base vs fine-tuned.")
-    report = j.path("runs/search-lora/eval")
+    report = j.path("runs/search-full/eval")
     j.run("eval", "--model", out, "--baseline", base, "--data", valid, "--out", report)
-    _side_by_side(j, {"base model": base, "LoRA": out}, SEARCH_SYSTEM, SEARCH_QUESTIONS)
-    _deploy_hint(j, base, out)
+    _side_by_side(j, {"base model": base, "fine-tuned": out}, SEARCH_SYSTEM, SEARCH_QUESTIONS)
+    _deploy_hint(j, base, out, SEARCH_QUESTIONS[0])
     return json.loads(Path(report, "metrics.json").read_text())
 
 
@@ -288,7 +292,7 @@ def _side_by_side(j: Journey, models: dict[str, str], system: str, questions: li
     j.console.print(table)
 
 
-def _deploy_hint(j: Journey, base: str, tuned: str) -> None:
+def _deploy_hint(j: Journey, base: str, tuned: str, question: str) -> None:
     j.say("Deploy it", "Serve base and fine-tune behind OpenAI's API; any OpenAI client works.")
     store = Path(tuned).parent
     j.console.print(
@@ -300,7 +304,7 @@ def _deploy_hint(j: Journey, base: str, tuned: str) -> None:
         'client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")\n'
         "reply = client.chat.completions.create(\n"
         f'    model="{Path(tuned).name}",\n'
-        '    messages=[{"role": "user", "content": "I lost my card"}],\n'
+        f'    messages=[{{"role": "user", "content": "{question}"}}],\n'
         ")\n"
         "print(reply.choices[0].message.content)",
         highlight=False,
