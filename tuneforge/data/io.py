@@ -383,10 +383,8 @@ def _to_json(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False, default=str, allow_nan=True)
 
 
-# --- JSON Lines -----------------------------------------------------------------------------
-
-
-def _read_jsonl(path: Path) -> LoadedDataset:
+def _read_raw(path: Path, report_bom: bool = True) -> tuple[bytes, list[Problem]]:
+    """The file's bytes without a UTF-8 BOM, and what was noticed on the way (binary, BOM)."""
     data = path.read_bytes()
     problems: list[Problem] = []
     sniffed = _sniff(data)
@@ -394,7 +392,24 @@ def _read_jsonl(path: Path) -> LoadedDataset:
         problems.append(sniffed)
     if data.startswith(BOM):
         data = data[len(BOM) :]
-        problems.append(_bom_problem())
+        if report_bom:
+            problems.append(_bom_problem())
+    return data, problems
+
+
+def _decode_lenient(data: bytes) -> tuple[str, set[int]]:
+    """UTF-8 text (invalid bytes replaced) and the numbers of the lines that held invalid bytes."""
+    try:
+        return data.decode("utf-8"), set()
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), _bad_utf8_lines(data)
+
+
+# --- JSON Lines -----------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> LoadedDataset:
+    data, problems = _read_raw(path)
     if not data.strip():
         problems.append(_empty_problem())
         return LoadedDataset(path, [], None, problems)
@@ -502,20 +517,8 @@ def _read_whole_document(path: Path, whole: list | dict, problems: list[Problem]
 
 def _read_text_blocks(path: Path) -> LoadedDataset:
     """Blank-line separated blocks; each record's line is the block's first line in the file."""
-    data = path.read_bytes()
-    problems: list[Problem] = []
-    sniffed = _sniff(data)
-    if sniffed is not None:
-        problems.append(sniffed)
-    if data.startswith(BOM):
-        data = data[len(BOM) :]
-        problems.append(_bom_problem())
-    try:
-        text = data.decode("utf-8")
-        bad_lines: set[int] = set()
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        bad_lines = _bad_utf8_lines(data)
+    data, problems = _read_raw(path)
+    text, bad_lines = _decode_lenient(data)
     records: list[Record] = []
     block: list[str] = []
     start = 0
@@ -585,19 +588,9 @@ def _read_parquet(
 def _read_csv(
     path: Path, prompt_col: str | None, completion_col: str | None, text_col: str | None
 ) -> LoadedDataset:
-    data = path.read_bytes()
-    problems: list[Problem] = []
-    sniffed = _sniff(data)
-    if sniffed is not None:
-        problems.append(sniffed)
-    if data.startswith(BOM):
-        data = data[len(BOM) :]
-    try:
-        text = data.decode("utf-8")
-        bad_lines: set[int] = set()
-    except UnicodeDecodeError:
-        text = data.decode("utf-8", errors="replace")
-        bad_lines = _bad_utf8_lines(data)
+    # A BOM is what spreadsheet programs write; it is not worth a warning in a table.
+    data, problems = _read_raw(path, report_bom=False)
+    text, bad_lines = _decode_lenient(data)
 
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
