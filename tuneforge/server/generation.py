@@ -18,10 +18,12 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 
 from tuneforge.inference.engine import Engine, EngineError, QueueFull, RequestStream
 from tuneforge.inference.params import Delta, GenerationRequest, SamplingParams, TokenLogprob
@@ -204,3 +206,75 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+
+
+def sampling_params(
+    body: Any, *, max_tokens: int, stop: tuple[str, ...], **extra: Any
+) -> SamplingParams:
+    """`SamplingParams` from the sampling fields chat and legacy completions share."""
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        presence_penalty=body.presence_penalty or 0.0,
+        frequency_penalty=body.frequency_penalty or 0.0,
+        stop=stop,
+        ignore_eos=bool(body.ignore_eos),
+        **extra,
+    )
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What every response object and stream chunk of one request carries."""
+
+    object: str  # "chat.completion", "text_completion", ...
+    id: str
+    created: int
+    model: str
+
+    def body(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": fingerprint(),
+            "choices": choices,
+            **extra,
+        }
+
+
+def event_stream(
+    handler: GenerationHandler,
+    stream: RequestStream,
+    envelope: Envelope,
+    *,
+    include_usage: bool,
+    choice_of: Callable[[Delta], dict[str, Any]],
+    opening: list[dict[str, Any]] | None = None,
+) -> StreamingResponse:
+    """Server-sent chunks for `stream`: `opening` first, then `choice_of(delta)` for each
+    non-empty delta, a usage chunk when asked, and `data: [DONE]`. An error mid-stream is sent
+    as an error event; a client that disconnects frees its batch slot."""
+    extra = {"usage": None} if include_usage else {}
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            if opening:
+                yield sse(envelope.body(opening, **extra))
+            async for deltas in handler.follow(stream):
+                choices = [choice_of(d) for d in deltas if d.text or d.finish_reason or d.logprobs]
+                if choices:
+                    yield sse(envelope.body(choices, **extra))
+            if include_usage:
+                totals = usage(stream.prompt_tokens, stream.completion_tokens)
+                yield sse(envelope.body([], usage=totals))
+        except APIError as err:
+            yield sse(err.body())
+        finally:
+            stream.cancel()
+        yield sse("[DONE]")
+
+    return StreamingResponse(events(), media_type="text/event-stream")

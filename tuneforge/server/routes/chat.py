@@ -7,18 +7,24 @@ Messages are rendered with the model folder's own chat template, through the sam
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tuneforge.inference.params import SamplingParams, TokenLogprob
+from tuneforge.inference.params import TokenLogprob
 from tuneforge.server.auth import CurrentPrincipal
 from tuneforge.server.deps import MetricsDep, ReadyEngine, Registry, Settings
-from tuneforge.server.errors import ERROR_RESPONSES, APIError, bad_request
-from tuneforge.server.generation import GenerationHandler, fingerprint, new_id, sse, usage
+from tuneforge.server.errors import ERROR_RESPONSES, bad_request
+from tuneforge.server.generation import (
+    Envelope,
+    GenerationHandler,
+    event_stream,
+    new_id,
+    sampling_params,
+    usage,
+)
 from tuneforge.server.schemas import ChatCompletion, ChatCompletionCreate
 
 router = APIRouter(prefix="/v1", tags=["chat"], responses=ERROR_RESPONSES)
@@ -84,102 +90,55 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, h
     except ValueError as err:
         raise bad_request(str(err), param="messages") from None
     requested = body.max_completion_tokens or body.max_tokens
-    params = SamplingParams(
+    params = sampling_params(
+        body,
         max_tokens=handler.max_tokens(entry, requested, len(prompt_ids)),
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        seed=body.seed,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
         stop=stop,
-        ignore_eos=bool(body.ignore_eos),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         json_object=fmt == "json_object",
     )
     stream = handler.submit(entry, prompt_ids, params, n, extra_eos=engine.chat_stop_ids(entry))
-    completion_id, created = new_id("chatcmpl"), int(time.time())
+    envelope = Envelope("chat.completion", new_id("chatcmpl"), int(time.time()), entry.id)
+
+    def logprobs_of(logprobs: list[TokenLogprob]) -> dict[str, Any] | None:
+        if params.logprobs is None or not logprobs:
+            return None
+        return {"content": _chat_logprobs(engine, entry, logprobs)}
 
     if not body.stream:
         results = await handler.collect(request, stream, n)
-        choices = []
-        for r in results:
-            logprobs = None
-            if params.logprobs is not None:
-                logprobs = {"content": _chat_logprobs(engine, entry, r.logprobs)}
-            choices.append(
-                {
-                    "index": r.index,
-                    "message": {"role": "assistant", "content": r.text, "refusal": None},
-                    "logprobs": logprobs,
-                    "finish_reason": r.finish_reason,
-                }
-            )
-        return {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": entry.id,
-            "choices": choices,
-            "usage": usage(stream.prompt_tokens, stream.completion_tokens),
-            "system_fingerprint": fingerprint(),
+        choices = [
+            {
+                "index": r.index,
+                "message": {"role": "assistant", "content": r.text, "refusal": None},
+                "logprobs": {"content": _chat_logprobs(engine, entry, r.logprobs)}
+                if params.logprobs is not None
+                else None,
+                "finish_reason": r.finish_reason,
+            }
+            for r in results
+        ]
+        return envelope.body(choices, usage=usage(stream.prompt_tokens, stream.completion_tokens))
+
+    opening = [
+        {
+            "index": i,
+            "delta": {"role": "assistant", "content": ""},
+            "logprobs": None,
+            "finish_reason": None,
         }
-
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
-    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        out = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": entry.id,
-            "system_fingerprint": fingerprint(),
-            "choices": choices,
-        }
-        if include_usage:
-            out["usage"] = None
-        return out
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            yield sse(
-                chunk(
-                    [
-                        {
-                            "index": i,
-                            "delta": {"role": "assistant", "content": ""},
-                            "logprobs": None,
-                            "finish_reason": None,
-                        }
-                        for i in range(n)
-                    ]
-                )
-            )
-            async for deltas in handler.follow(stream):
-                choices = []
-                for d in deltas:
-                    if not (d.text or d.finish_reason or d.logprobs):
-                        continue
-                    logprobs = None
-                    if params.logprobs is not None and d.logprobs:
-                        logprobs = {"content": _chat_logprobs(engine, entry, d.logprobs)}
-                    choices.append(
-                        {
-                            "index": d.index,
-                            "delta": {"content": d.text} if d.text else {},
-                            "logprobs": logprobs,
-                            "finish_reason": d.finish_reason,
-                        }
-                    )
-                if choices:
-                    yield sse(chunk(choices))
-            if include_usage:
-                final = chunk([])
-                final["usage"] = usage(stream.prompt_tokens, stream.completion_tokens)
-                yield sse(final)
-        except APIError as err:
-            yield sse(err.body())
-        finally:
-            stream.cancel()  # a disconnected client frees its batch slot
-        yield sse("[DONE]")
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+        for i in range(n)
+    ]
+    return event_stream(
+        handler,
+        stream,
+        replace(envelope, object="chat.completion.chunk"),
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        opening=opening,
+        choice_of=lambda d: {
+            "index": d.index,
+            "delta": {"content": d.text} if d.text else {},
+            "logprobs": logprobs_of(d.logprobs),
+            "finish_reason": d.finish_reason,
+        },
+    )

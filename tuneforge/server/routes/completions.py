@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tuneforge.inference.params import SamplingParams, TokenLogprob
-from tuneforge.server.errors import ERROR_RESPONSES, APIError, bad_request
-from tuneforge.server.generation import fingerprint, new_id, sse, usage
+from tuneforge.inference.params import Delta, TokenLogprob
+from tuneforge.server.errors import ERROR_RESPONSES, bad_request
+from tuneforge.server.generation import Envelope, event_stream, new_id, sampling_params, usage
 from tuneforge.server.routes.chat import Handler
 from tuneforge.server.schemas import Completion, CompletionCreate
 
@@ -73,19 +71,14 @@ async def create_completion(body: CompletionCreate, request: Request, handler: H
         if any(t < 0 or t >= engine.vocab_size(entry) for t in prompt_ids):
             raise bad_request("prompt contains token ids outside the vocabulary", param="prompt")
         prompt_text = engine.decode(entry, prompt_ids) if body.echo else ""
-    params = SamplingParams(
+    params = sampling_params(
+        body,
         max_tokens=handler.max_tokens(entry, body.max_tokens, len(prompt_ids)),
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        seed=body.seed,
-        presence_penalty=body.presence_penalty or 0.0,
-        frequency_penalty=body.frequency_penalty or 0.0,
         stop=stop,
-        ignore_eos=bool(body.ignore_eos),
         logprobs=body.logprobs,
     )
     stream = handler.submit(entry, prompt_ids, params, n)
-    completion_id, created = new_id("cmpl"), int(time.time())
+    envelope = Envelope("text_completion", new_id("cmpl"), int(time.time()), entry.id)
     echo = prompt_text if body.echo else ""
 
     if not body.stream:
@@ -101,70 +94,30 @@ async def create_completion(body: CompletionCreate, request: Request, handler: H
             }
             for r in results
         ]
+        return envelope.body(choices, usage=usage(stream.prompt_tokens, stream.completion_tokens))
+
+    offsets = [0] * n  # characters streamed so far per choice (text_offset of the next token)
+
+    def choice_of(d: Delta) -> dict[str, Any]:
+        logprobs = None
+        if params.logprobs is not None:
+            logprobs = _completion_logprobs(engine, entry, d.logprobs, offsets[d.index])
+            offsets[d.index] += sum(len(t) for t in logprobs["tokens"])
         return {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": entry.id,
-            "choices": choices,
-            "usage": usage(stream.prompt_tokens, stream.completion_tokens),
-            "system_fingerprint": fingerprint(),
+            "index": d.index,
+            "text": d.text,
+            "logprobs": logprobs,
+            "finish_reason": d.finish_reason,
         }
 
-    include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    offsets = [0] * n
-
-    def chunk(choices: list[dict[str, Any]]) -> dict[str, Any]:
-        out = {
-            "id": completion_id,
-            "object": "text_completion",
-            "created": created,
-            "model": entry.id,
-            "system_fingerprint": fingerprint(),
-            "choices": choices,
-        }
-        if include_usage:
-            out["usage"] = None
-        return out
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            if echo:
-                yield sse(
-                    chunk(
-                        [
-                            {"index": i, "text": echo, "logprobs": None, "finish_reason": None}
-                            for i in range(n)
-                        ]
-                    )
-                )
-            async for deltas in handler.follow(stream):
-                choices = []
-                for d in deltas:
-                    if not (d.text or d.finish_reason or d.logprobs):
-                        continue
-                    logprobs = None
-                    if params.logprobs is not None:
-                        logprobs = _completion_logprobs(engine, entry, d.logprobs, offsets[d.index])
-                        offsets[d.index] += sum(len(t) for t in logprobs["tokens"])
-                    choices.append(
-                        {
-                            "index": d.index,
-                            "text": d.text,
-                            "logprobs": logprobs,
-                            "finish_reason": d.finish_reason,
-                        }
-                    )
-                if choices:
-                    yield sse(chunk(choices))
-            if include_usage:
-                final = chunk([])
-                final["usage"] = usage(stream.prompt_tokens, stream.completion_tokens)
-                yield sse(final)
-        except APIError as err:
-            yield sse(err.body())
-        finally:
-            stream.cancel()
-        yield sse("[DONE]")
-
-    return StreamingResponse(events(), media_type="text/event-stream")
+    opening = [
+        {"index": i, "text": echo, "logprobs": None, "finish_reason": None} for i in range(n)
+    ]
+    return event_stream(
+        handler,
+        stream,
+        envelope,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        opening=opening if echo else None,
+        choice_of=choice_of,
+    )
