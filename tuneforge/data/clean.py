@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash
+from datasketch import MinHash
 
 from tuneforge.data.io import Format, LoadedDataset, Record, parse_format, read_dataset
 from tuneforge.data.pii import redact_pii
@@ -588,10 +588,6 @@ class Signature:
     hashvalues: np.ndarray  # (num_perm,) uint32: equal to datasketch MinHash.hashvalues
     bands: list[int]  # one key per LSH band
     shingles: np.ndarray  # uint32 shingle hashes (repeats possible)
-
-    def minhash(self, seed: int = 1) -> LeanMinHash:
-        """The signature as a datasketch `LeanMinHash` (to compare with datasketch tools)."""
-        return LeanMinHash(seed=seed, hashvalues=self.hashvalues, scheme="affine32")
 
 
 class NearDuplicateIndex:

@@ -8,7 +8,6 @@ that reaches `max_new_tokens` without one is "never-ending", a behaviour metric 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -143,12 +142,3 @@ def generate_replies(
         if progress is not None:
             progress(len(items))
     return [r for r in replies if r is not None]
-
-
-def time_generation(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], settings: GenerationSettings
-) -> float:
-    """Seconds to generate replies for `prompts` (for benchmarks)."""
-    start = time.perf_counter()
-    generate_replies(model, tokenizer, prompts, settings)
-    return time.perf_counter() - start
