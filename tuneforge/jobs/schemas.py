@@ -32,17 +32,7 @@ class FilePublic(BaseModel):
 
     @classmethod
     def of(cls, f: File) -> FilePublic:
-        return cls(
-            id=f.id,
-            bytes=f.bytes,
-            created_at=f.created_at,
-            expires_at=f.expires_at,
-            filename=f.filename,
-            purpose=f.purpose,
-            status=f.status,
-            status_details=f.status_details,
-            report=f.report,
-        )
+        return cls.model_validate(f, from_attributes=True)
 
 
 class FileDeleted(BaseModel):
@@ -128,14 +118,7 @@ class EventPublic(BaseModel):
 
     @classmethod
     def of(cls, e: JobEvent) -> EventPublic:
-        return cls(
-            id=e.id,
-            created_at=e.created_at,
-            level=e.level,
-            message=e.message,
-            data=e.data,
-            type=e.type,
-        )
+        return cls.model_validate(e, from_attributes=True)
 
 
 class CheckpointMetrics(BaseModel):
