@@ -78,3 +78,41 @@ def test_resume_refuses_a_changed_data_order(tiny_model_dir, tmp_path):
                 tiny_model_dir, train, out, **{"optim.batch_size": 2, "checkpoint.resume": "auto"}
             )
         )
+
+
+def test_staged_export_moves_a_whole_model_in_with_the_manifest_last(
+    tiny_tokenizer, tmp_path, monkeypatch
+):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "tuneforge.json").write_text('{"old": true}')
+    model = build_model(tiny_tokenizer, arch="llama")
+    moved: list[str] = []
+    real_replace = ckpt.os.replace
+
+    def recording_replace(src, dst):
+        moved.append(ckpt.Path(dst).name)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", recording_replace)
+    with ckpt.staged_export(out) as stage:
+        ckpt.save_model(model, stage)
+        (stage / "merged").mkdir()
+        (stage / "merged" / "config.json").write_text("{}")
+        (stage / ckpt.MANIFEST_FILE).write_text('{"new": true}')
+    monkeypatch.undo()
+    assert moved[-1] == ckpt.MANIFEST_FILE and "model.safetensors" in moved
+    assert (out / ckpt.MANIFEST_FILE).read_text() == '{"new": true}'
+    assert (out / "merged" / "config.json").is_file() and (out / "checkpoints").is_dir()
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_failed_export_leaves_no_manifest_and_no_stage(tiny_tokenizer, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "tuneforge.json").write_text('{"old": true}')
+    with pytest.raises(RuntimeError), ckpt.staged_export(out) as stage:
+        (stage / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("killed mid-export")
+    # A manifest next to weights from another export would describe a model that is not there.
+    assert sorted(p.name for p in out.iterdir()) == []

@@ -12,6 +12,10 @@ A checkpoint folder `<root>/step-000120/` holds:
 Saves are atomic: everything goes into a hidden temporary folder next to the final one, files
 and folder are fsynced, then the folder is renamed. A killed save leaves only a `.tmp-*`
 folder, which `latest_checkpoint` ignores and the next save removes.
+
+The final export into the run's folder (`staged_export`) is atomic too: it is written in a
+hidden folder inside the run's folder, fsynced, and moved into place entry by entry with the
+manifest `tuneforge.json` last, so a folder with a manifest always holds a whole model.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +35,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from tuneforge.fsutil import fsync_dir
 from tuneforge.modeling.load import unwrap_model
 
 STATE_FILE = "trainer_state.json"
+MANIFEST_FILE = "tuneforge.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -94,15 +102,45 @@ def _fsync_tree(path: Path) -> None:
         if file.is_file():
             with open(file, "rb") as f:
                 os.fsync(f.fileno())
-    _fsync_dir(path)
+        elif file.is_dir():
+            fsync_dir(file)
+    fsync_dir(path)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+@contextmanager
+def staged_export(out: str | Path) -> Iterator[Path]:
+    """Yield a hidden folder to write the final model into; on success move it into `out`.
+
+    The old manifest is removed first and the new one (if written into the stage) is moved
+    last, so a reader never sees a manifest next to half-written weights. On an exception the
+    stage is removed and `out` keeps what it had, less its manifest.
+
+    Example:
+        >>> with staged_export(run_dir) as stage:
+        ...     save_model(model, stage)
+        ...     write_json(stage / MANIFEST_FILE, manifest)
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / f".tmp-export-{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
     try:
-        os.fsync(fd)
+        yield stage
+        _fsync_tree(stage)
+        entries = sorted(stage.iterdir(), key=lambda e: e.name == MANIFEST_FILE)
+        for entry in entries:
+            target = out / entry.name
+            if entry.is_dir() and target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        stage.rmdir()
+        fsync_dir(out)
     finally:
-        os.close(fd)
+        if stage.exists():
+            shutil.rmtree(stage)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -148,7 +186,7 @@ def save_checkpoint(
     (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
     _fsync_tree(tmp)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     return final
 
 

@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tuneforge import __version__
+from tuneforge.fsutil import write_json
 from tuneforge.modeling.load import (
     base_causal_lm,
     find_blocks,
@@ -717,15 +718,16 @@ class FinetuneRecipe:
                     **{k: final[k] for k in ("best_step", "best_valid_loss") if k in final},
                 )
                 self.console.print(message)
-            ckpt.save_model(self.model, self.out)
-            self.tokenizer.save_pretrained(str(self.out))
-            if cfg.output.merge:
-                # merge_and_unload folds the adapter into the base weights in place: the adapter
-                # was saved above, and this is the last use of the in-memory model.
-                merged = unwrap_model(self.model).merge_and_unload(safe_merge=True)
-                ckpt.save_model(merged, self.out / "merged")
-                self.tokenizer.save_pretrained(str(self.out / "merged"))
-            self._write_manifest(final)
+            with ckpt.staged_export(self.out) as stage:
+                ckpt.save_model(self.model, stage)
+                self.tokenizer.save_pretrained(str(stage))
+                if cfg.output.merge:
+                    # merge_and_unload folds the adapter into the base weights in place: the
+                    # adapter was saved above, and this is the last use of the in-memory model.
+                    merged = unwrap_model(self.model).merge_and_unload(safe_merge=True)
+                    ckpt.save_model(merged, stage / "merged")
+                    self.tokenizer.save_pretrained(str(stage / "merged"))
+                self._write_manifest(final, stage)
             self.console.print(
                 f"done ({stop_reason}): {self.state.step} steps, "
                 f"{self.state.tokens:,} trained tokens"
@@ -742,7 +744,7 @@ class FinetuneRecipe:
             "completed", self.out, self.state.step, final, self.last_checkpoint, stop_reason
         )
 
-    def _write_manifest(self, final: dict[str, Any]) -> None:
+    def _write_manifest(self, final: dict[str, Any], folder: Path) -> None:
         cfg = self.cfg
         data: dict[str, Any] = {
             "train": {
@@ -774,7 +776,7 @@ class FinetuneRecipe:
         }
         if cfg.task == "classify":
             manifest["labels"] = self.labels
-        (self.out / "tuneforge.json").write_text(json.dumps(manifest, indent=2))
+        write_json(folder / ckpt.MANIFEST_FILE, manifest)
 
     # ------------------------------------------------------------------ cleanup
     def cleanup(self) -> None:

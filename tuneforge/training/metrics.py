@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tuneforge.fsutil import atomic_write, write_jsonl
+
 RESULTS_COLUMNS = (
     "step",
     "train_loss",
@@ -33,15 +35,11 @@ class MetricsWriter:
         self.jsonl = self.folder / "metrics.jsonl"
         self.csv = self.folder / "results.csv"
         self.events = self.folder / "events.jsonl"
-        kept_events = self._kept_records(resume_step, self.events)
-        with open(self.events, "w") as f:
-            for rec in kept_events:
-                f.write(json.dumps(rec) + "\n")
+        # Rewritten atomically: a run killed here still has its whole history on disk.
+        write_jsonl(self.events, self._kept_records(resume_step, self.events))
         kept = self._kept_records(resume_step)
-        with open(self.jsonl, "w") as f:
-            for rec in kept:
-                f.write(json.dumps(rec) + "\n")
-        with open(self.csv, "w", newline="") as f:
+        write_jsonl(self.jsonl, kept)
+        with atomic_write(self.csv) as f:
             w = csv.writer(f)
             w.writerow(RESULTS_COLUMNS)
             for rec in kept:
