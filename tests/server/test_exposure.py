@@ -211,3 +211,16 @@ def test_openapi_documents_400_not_422(server):
     assert "HTTPValidationError" not in text
     responses = doc.json()["paths"]["/v1/chat/completions"]["post"]["responses"]
     assert "422" not in responses and "400" in responses
+
+
+def test_error_bodies_never_name_server_folders(model_store, tmp_path):
+    """Defence in depth for messages built from exceptions (engine errors in JSON and in SSE
+    error events both render through `APIError.body`): the server's folders are scrubbed."""
+    from tuneforge.server.errors import APIError
+
+    data_dir = tmp_path / "state"
+    create_app(ServerSettings(model_dir=model_store, base_model="tiny-llama", data_dir=data_dir))
+    inner = f"cannot open {model_store.resolve()}/acme/x and {data_dir.absolute()}/jobs/y"
+    message = APIError(400, f"loading model 'acme/x' failed: {inner}").body()["error"]["message"]
+    assert str(model_store.resolve()) not in message and str(data_dir) not in message
+    assert message.startswith("loading model 'acme/x' failed: cannot open <server path>")

@@ -87,9 +87,12 @@ class APIError(Exception):
         self.headers = headers
 
     def body(self) -> dict[str, Any]:
+        message = scrub(self.message, _REDACTED)
+        if message != self.message:  # the full text is for the operator only
+            log.warning("error message named a server path: %s", self.message)
         return {
             "error": {
-                "message": self.message,
+                "message": message,
                 "type": self.type,
                 "param": self.param,
                 "code": self.code,
@@ -185,6 +188,10 @@ def _is_union_tag(part: str) -> bool:
     return "[" in part or "(" in part or part in ("str", "int", "float", "bool", "list", "dict")
 
 
+# Server folders no response may name (filled by `install_error_handlers`, longest first).
+_REDACTED: list[str] = []
+
+
 def scrub(message: str, secrets: list[str]) -> str:
     """`message` with every one of `secrets` (server folders) replaced by `<server path>`."""
     for secret in secrets:
@@ -207,9 +214,10 @@ def _server_paths(app: FastAPI) -> list[str]:
     ):
         if folder is None:
             continue
-        for variant in (Path(folder), Path(folder).absolute(), Path(os.path.realpath(folder))):
+        # Absolute forms only: a relative "models" would scrub the word from every message.
+        for variant in (Path(folder).absolute(), Path(os.path.realpath(folder))):
             text = str(variant)
-            if text not in (".", "/", ""):
+            if text != "/":
                 found.add(text)
     return sorted(found, key=len, reverse=True)
 
@@ -217,25 +225,21 @@ def _server_paths(app: FastAPI) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     """Render APIError, validation errors, HTTP errors and crashes in OpenAI's error shape."""
 
-    def render(exc: APIError) -> JSONResponse:
-        message = scrub(exc.message, _server_paths(app))
-        if message != exc.message:
-            log.warning("error message named a server path: %s", exc.message)
-            exc = APIError(exc.status, message, exc.type, exc.param, exc.code, exc.headers)
-        return exc.response()
+    # Every APIError body (JSON responses and SSE error events alike) is scrubbed of these.
+    _REDACTED[:] = sorted({*_REDACTED, *_server_paths(app)}, key=len, reverse=True)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return render(exc)
+        return exc.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return render(validation_error(list(exc.errors())))
+        return validation_error(list(exc.errors())).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-        return render(APIError(exc.status_code, message, headers=exc.headers))
+        return APIError(exc.status_code, message, headers=exc.headers).response()
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, exc: Exception) -> JSONResponse:
