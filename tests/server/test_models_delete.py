@@ -89,6 +89,14 @@ def test_store_folders_are_deleted_only_with_an_admin_key(models, tmp_path):
         stop_server(running)
 
 
+def _chat_jsonl() -> bytes:
+    lines = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
+        for i in range(12)
+    ]
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+
+
 def _finished_fine_tune(data_dir: Path, adapter: Path, tmp_path: Path) -> tuple[str, str, Path]:
     """A job of org-a that produced an adapter and one checkpoint, recorded through the
     store as the worker records them. Returns (model id, checkpoint model id, output)."""
@@ -126,6 +134,13 @@ def test_deleting_a_fine_tune_removes_its_files_and_checkpoints(models, tmp_path
             for served in (model_id, ckpt_id):
                 reply = client.chat.completions.create(model=served, messages=CHAT, max_tokens=2)
                 assert reply.model == served
+            # A job continuing from the fine-tune needs its folder: refused while it waits.
+            train = client.files.create(file=("t.jsonl", _chat_jsonl()), purpose="fine-tune")
+            child = client.fine_tuning.jobs.create(model=model_id, training_file=train.id)
+            with pytest.raises(openai.ConflictError):
+                client.models.delete(model_id)
+            assert out.is_dir()
+            client.fine_tuning.jobs.cancel(child.id)
             deleted = client.models.delete(model_id)
             assert deleted.deleted and deleted.id == model_id
             assert not out.exists()  # the adapter and checkpoints/ inside it

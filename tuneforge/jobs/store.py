@@ -312,6 +312,18 @@ class JobStore:
                     param="model",
                     code="model_not_found",
                 )
+            child = s.scalar(
+                select(Job.id).where(
+                    Job.parent_model == model_id, Job.status.in_((*ACTIVE, "paused"))
+                )
+            )
+            if child is not None:  # it would fail when it starts from the missing folder
+                raise Conflict(
+                    f"The model '{model_id}' is the starting point of fine-tuning job {child}; "
+                    "cancel the job or let it finish first.",
+                    param="model",
+                    code="model_in_use",
+                )
             folders = [Path(m.path)]
             if m.job_id is not None:
                 of_job = JobCheckpoint.job_id == m.job_id

@@ -128,6 +128,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "Missing or invalid API key"),
         (403, "Not allowed for this key"),
         (404, "Not found"),
+        (409, "Conflicts with the state of another object"),
         (413, "Request body too large"),
         (429, "Queue full; retry after Retry-After seconds"),
         (503, "Model still loading"),

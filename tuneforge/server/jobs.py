@@ -88,11 +88,11 @@ class JobsState:
         """Delete a fine-tune with its files and checkpoints (a checkpoint id alone: no)."""
         try:
             m = self.store.resolve_model(None, model_id)
-            if m.kind != "fine-tune":
-                return False
-            self.store.delete_model(m.org, model_id)
         except StoreError:
             return False
+        if m.kind != "fine-tune":
+            return False
+        self.store.delete_model(m.org, model_id)  # Conflict while a job starts from it
         return True
 
     def close(self) -> None:
