@@ -132,8 +132,9 @@ def _created(folder: Path) -> int:
 class ModelRegistry:
     """Resolves model ids to folders inside the model store and registered sources.
 
-    Thread-safe; listings of the store are cached for `ttl_s` seconds and rescanned on a miss,
-    so a model folder copied into the store is served without a restart.
+    Thread-safe; listings of the store are cached for `ttl_s` seconds, and lookups check the
+    named folder directly, so a model folder copied into the store is served at once,
+    without a restart.
     """
 
     def __init__(
