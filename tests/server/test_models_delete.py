@@ -134,6 +134,8 @@ def test_deleting_a_fine_tune_removes_its_files_and_checkpoints(models, tmp_path
             for served in (model_id, ckpt_id):
                 reply = client.chat.completions.create(model=served, messages=CHAT, max_tokens=2)
                 assert reply.model == served
+            with pytest.raises(openai.BadRequestError):  # it goes with its fine-tune
+                client.models.delete(ckpt_id)
             # A job continuing from the fine-tune needs its folder: refused while it waits.
             train = client.files.create(file=("t.jsonl", _chat_jsonl()), purpose="fine-tune")
             child = client.fine_tuning.jobs.create(model=model_id, training_file=train.id)
