@@ -885,6 +885,22 @@ def serve(
     database_url: str | None = typer.Option(
         None, "--database-url", help="Job store database URL (default: SQLite in --data-dir)."
     ),
+    admin_key: list[str] = typer.Option(
+        [],
+        "--admin-key",
+        help="Operator key: may also delete --model-dir folders (repeatable; env "
+        "TUNEFORGE_ADMIN_KEYS).",
+    ),
+    allowed_host: list[str] = typer.Option(
+        [],
+        "--allowed-host",
+        help="Extra name accepted in the Host header (repeatable; env TUNEFORGE_ALLOWED_HOSTS).",
+    ),
+    allow_public_without_keys: bool = typer.Option(
+        False,
+        "--allow-public-without-keys",
+        help="Start on a non-loopback --host with no API key (refused otherwise).",
+    ),
 ) -> None:
     """Serve the base model and its fine-tunes with OpenAI's inference API."""
     import uvicorn
@@ -909,9 +925,14 @@ def serve(
             trust_remote_code=trust_remote_code or None,
             worker=not no_worker,
             database_url=database_url,
+            allow_public_without_keys=allow_public_without_keys or None,
         )
         if api_key:
             settings.api_keys = [*settings.api_keys, *api_key]
+        if admin_key:
+            settings.admin_keys = [*settings.admin_keys, *admin_key]
+        if allowed_host:
+            settings.allowed_hosts = [*settings.allowed_hosts, *allowed_host]
         server_app = create_app(settings)
     except (ValidationError, ValueError, OSError) as err:
         err_console.print(f"[red]error:[/] {_escape(str(err))}", highlight=False)

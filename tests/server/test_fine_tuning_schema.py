@@ -24,7 +24,9 @@ def ft_api_schema(model_store, tmp_path_factory):
             torch_threads=1,
         )
     )
-    schema = schemathesis.openapi.from_url(running.url + "/openapi.json")
+    schema = schemathesis.openapi.from_url(
+        running.url + "/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     schema.config.phases.coverage.enabled = False
     yield schema
     stop_server(running)

@@ -126,7 +126,9 @@ def test_disconnect_frees_the_slot(small_server):
 
 def test_503_while_loading(model_store, tmp_path):
     app = create_app(ServerSettings(model_dir=model_store, base_model="tiny-llama"))
-    http = TestClient(app)  # no `with`: lifespan (and so loading) never runs
+    http = TestClient(
+        app, base_url="http://localhost"
+    )  # no `with`: lifespan (and so loading) never runs
     health = http.get("/health")
     assert health.status_code == 503 and health.json()["status"] == "loading"
     chat = http.post("/v1/chat/completions", json={"model": "tiny-llama", "messages": CHAT})
@@ -167,7 +169,7 @@ def test_keys_file_organizations_and_registered_fine_tunes(model_store, tmp_path
             return True
 
     app.state.registry.add_source(JobModels(), root=jobs_root)
-    with TestClient(app) as http:
+    with TestClient(app, base_url="http://localhost") as http:
         assert _wait_until(lambda: http.get("/health").status_code == 200)
         a = {"Authorization": "Bearer sk-a"}
         b = {"Authorization": "Bearer sk-b"}

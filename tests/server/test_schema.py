@@ -29,7 +29,9 @@ def api_schema(model_store, tmp_path_factory):
             torch_threads=1,
         )
     )
-    schema = schemathesis.openapi.from_url(running.url + "/openapi.json")
+    schema = schemathesis.openapi.from_url(
+        running.url + "/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     # Fuzzing only (max_examples bounds it); the exhaustive coverage phase takes minutes here.
     schema.config.phases.coverage.enabled = False
     yield schema

@@ -1,10 +1,17 @@
 """Model ids -> model folders: what the server lists and what it may load.
 
 `ModelRegistry` answers two questions: which models does an organization see (`list`), and
-which folder does a model id name (`resolve`). Ids are looked up in a listing; they are never
-joined onto a path, so `../` in an id cannot reach outside the store. Every folder is also
-checked, after resolving symlinks, to lie inside its source's root (a symlink in the model
-store pointing elsewhere is skipped).
+which folder does a model id name (`resolve`). `resolve` looks one id up directly (a folder
+check in the store, an indexed query in a source with `resolve_model`), never by listing
+every organization's models: it runs on every inference request. An id reaches the file
+system only after it passed `_store_parts` (one or two plain path segments, none starting
+with "."), so `../` in an id cannot reach outside the store. Every folder is also checked,
+after resolving symlinks, to lie inside its source's root (a symlink in the model store
+pointing elsewhere is skipped).
+
+Deleting (`delete`): the base model never (whatever id or folder names it); a fine-tune of a
+source with `delete_model` by its organization; a folder of the model store, which belongs
+to no organization, only by an admin (the operator's key), since every organization sees it.
 
 Sources of models:
 
@@ -17,7 +24,9 @@ Sources of models:
    `tuneforge serve --base-model`).
 3. Extension sources added with `add_source`: the fine-tuning job store registers the
    fine-tunes it produced (ids like `ft:tiny-llama:org-a:support:abc123`), each with its
-   organization and folder, and optionally lets `DELETE /v1/models/{id}` remove them.
+   organization and folder, and optionally lets `DELETE /v1/models/{id}` remove them. A
+   source may also offer `resolve_model(id) -> ModelEntry | None` (an indexed lookup);
+   without it, `resolve` falls back to scanning its `list_models()`.
 
 Example (the seam the job store plugs into):
     >>> class JobModels:
@@ -25,6 +34,8 @@ Example (the seam the job store plugs into):
     ...     def list_models(self):
     ...         return [ModelEntry(id="ft:tiny:org-a::ab12", path=..., owned_by="org-a",
     ...                            org="org-a", created=1700000000)]
+    ...     def resolve_model(self, model_id):  # optional; one indexed lookup
+    ...         ...
     ...     def delete_model(self, model_id):   # optional; True if it existed
     ...         ...
     >>> registry.add_source(JobModels(), root=JobModels.root)
@@ -76,11 +87,20 @@ class ModelEntry:
 class ModelSource(Protocol):
     """A provider of extra models (e.g. the fine-tuning job store).
 
-    `list_models` is called on every listing/lookup, so it should be cheap (a DB query).
-    `delete_model` is optional: sources without it list models that cannot be deleted.
+    `list_models` is called on every listing, so it should be cheap (a DB query). Optional:
+    `resolve_model(id) -> ModelEntry | None`, used by lookups instead of a listing, and
+    `delete_model(id) -> bool` (sources without it list models that cannot be deleted).
     """
 
     def list_models(self) -> Iterable[ModelEntry]: ...
+
+
+class NotDeletable(PermissionError):
+    """The model can never be deleted (the base model, a model of a read-only source)."""
+
+
+class AdminOnly(PermissionError):
+    """Only an admin key may delete the model (a folder of the model store)."""
 
 
 def detect_kind(folder: Path) -> ModelKind | None:
@@ -112,15 +132,18 @@ def _created(folder: Path) -> int:
 class ModelRegistry:
     """Resolves model ids to folders inside the model store and registered sources.
 
-    Thread-safe; listings of the store are cached for `ttl_s` seconds and rescanned on a miss,
-    so a model folder copied into the store is served without a restart.
+    Thread-safe; listings of the store are cached for `ttl_s` seconds, and lookups check the
+    named folder directly, so a model folder copied into the store is served at once,
+    without a restart.
     """
 
     def __init__(
         self, model_dir: Path | str, base: ModelEntry | None = None, ttl_s: float = 2.0
     ) -> None:
         self.model_dir = Path(model_dir)
-        self.base = base
+        # The base is what every job trains from and every adapter runs on: never deletable,
+        # whoever built the entry (resolve_base goes through a registry with no base set).
+        self.base = replace(base, deletable=False) if base is not None else None
         self._ttl_s = ttl_s
         self._lock = threading.Lock()
         self._scan_cache: tuple[float, dict[str, ModelEntry]] | None = None
@@ -154,28 +177,32 @@ class ModelRegistry:
         return sorted(visible, key=lambda e: (e.id != base_id, e.id))
 
     def resolve(self, model_id: str, org_id: str = "default") -> ModelEntry | None:
-        """The entry for `model_id` if it exists and `org_id` may use it, else None."""
-        entry = self._all(refresh=False).get(model_id)
-        if entry is None:
-            entry = self._all(refresh=True).get(model_id)
+        """The entry for `model_id` if it exists and `org_id` may use it, else None.
+
+        One direct lookup (no listing): the base, then the store folder the id names, then
+        each source. Blocking (file system, database): call it off the event loop.
+        """
+        entry = self._lookup(model_id)
         if entry is None or not entry.visible_to(org_id):
             return None
         return entry
 
-    def delete(self, model_id: str, org_id: str = "default") -> bool:
-        """Delete a deletable model (a fine-tune). False if it does not exist for `org_id`.
+    def delete(self, model_id: str, org_id: str = "default", admin: bool = False) -> bool:
+        """Delete a model. False if it does not exist for `org_id`.
 
-        Raises PermissionError for models that cannot be deleted (the base model, models
-        of a source without `delete_model`).
+        Raises NotDeletable for the base model (by any id or folder that names it) and models
+        of a source without `delete_model`; AdminOnly for a store folder and `admin` False.
         """
         entry = self.resolve(model_id, org_id)
         if entry is None:
             return False
-        if not entry.deletable:
-            raise PermissionError(f"model {model_id!r} cannot be deleted")
+        if self._is_base(entry) or not entry.deletable:
+            raise NotDeletable(f"model {model_id!r} cannot be deleted")
         if entry.source is not None:
             ok = bool(entry.source.delete_model(model_id))  # type: ignore[attr-defined]
-        else:  # a fine-tune folder in the model store
+        else:  # a folder of the model store: it belongs to no organization
+            if not admin:
+                raise AdminOnly(f"model {model_id!r} can only be deleted with an admin key")
             assert entry.path is not None and is_inside(entry.path, self.model_dir)
             shutil.rmtree(entry.path)
             ok = True
@@ -185,26 +212,81 @@ class ModelRegistry:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _is_base(self, entry: ModelEntry) -> bool:
+        """Whether `entry` is the base model or its folder holds or lies in the base's."""
+        base = self.base
+        if base is None:
+            return False
+        if entry.id == base.id:
+            return True
+        if entry.path is None or base.path is None:
+            return False
+        return is_inside(base.path, entry.path) or is_inside(entry.path, base.path)
+
+    def _lookup(self, model_id: str) -> ModelEntry | None:
+        # The same precedence as `_all`: the base, then the store, then sources in order.
+        if self.base is not None and model_id == self.base.id:
+            return self.base
+        parts = _store_parts(model_id)
+        if parts is not None:
+            entry = self._store_entry(parts)
+            if entry is not None:
+                return entry
+        with self._lock:
+            sources = list(self._sources)
+        for source, root in sources:
+            finder = getattr(source, "resolve_model", None)
+            if finder is not None:
+                found = finder(model_id)
+                produced: Iterable[ModelEntry] = [found] if found is not None else []
+            else:
+                listed = source.list_models() if isinstance(source, ModelSource) else source()
+                produced = [e for e in listed if e.id == model_id]
+            for entry in produced:
+                admitted = _admit(entry, source, root)
+                if admitted is not None:
+                    return admitted
+        return None
+
     def _all(self, refresh: bool) -> dict[str, ModelEntry]:
         entries = dict(self._scan(refresh))
         with self._lock:
             sources = list(self._sources)
         for source, root in sources:
             produced = source.list_models() if isinstance(source, ModelSource) else source()
-            deletable = hasattr(source, "delete_model")
             for entry in produced:
-                if entry.path is None or (root is not None and not is_inside(entry.path, root)):
-                    continue
-                kind = entry.kind or detect_kind(entry.path)
-                if kind is None:
-                    continue
-                entries.setdefault(
-                    entry.id,
-                    replace(entry, kind=kind, deletable=deletable, source=source),
-                )
+                admitted = _admit(entry, source, root)
+                if admitted is not None:
+                    entries.setdefault(entry.id, admitted)
         if self.base is not None:
             entries[self.base.id] = self.base
         return entries
+
+    def _store_entry(self, parts: tuple[str, ...]) -> ModelEntry | None:
+        """The store folder `parts` names, if `_scan` would list it."""
+        root = self.model_dir
+        folder = root.joinpath(*parts)
+        if len(parts) == 2 and detect_kind(root / parts[0]) is not None:
+            return None  # a folder inside a model is not listed as a model of its own
+        if not folder.is_dir() or not is_inside(folder, root):
+            return None
+        return self._folder_entry(folder, "/".join(parts))
+
+    def _folder_entry(self, folder: Path, model_id: str) -> ModelEntry | None:
+        kind = detect_kind(folder)
+        if kind is None:
+            return None
+        entry = ModelEntry(
+            id=model_id,
+            path=folder,
+            owned_by=_owner(folder),
+            created=_created(folder),
+            kind=kind,
+            # Only fine-tunes TuneForge wrote (they carry tuneforge.json) can be deleted, and
+            # never the base (checked again, by folder, in `delete`).
+            deletable=(folder / "tuneforge.json").is_file(),
+        )
+        return replace(entry, deletable=False) if self._is_base(entry) else entry
 
     def _scan(self, refresh: bool) -> dict[str, ModelEntry]:
         now = time.monotonic()
@@ -217,20 +299,10 @@ class ModelRegistry:
             for folder in self._candidate_folders(root):
                 if not is_inside(folder, root):
                     continue  # a symlink pointing out of the store
-                kind = detect_kind(folder)
-                if kind is None:
-                    continue
                 model_id = folder.relative_to(root).as_posix()
-                found[model_id] = ModelEntry(
-                    id=model_id,
-                    path=folder,
-                    owned_by=_owner(folder),
-                    created=_created(folder),
-                    kind=kind,
-                    # Only fine-tunes TuneForge wrote (they carry tuneforge.json) can be deleted.
-                    deletable=(folder / "tuneforge.json").is_file()
-                    and (self.base is None or model_id != self.base.id),
-                )
+                entry = self._folder_entry(folder, model_id)
+                if entry is not None:
+                    found[model_id] = entry
         with self._lock:
             self._scan_cache = (now, found)
         return found
@@ -245,6 +317,33 @@ class ModelRegistry:
                 for grandchild in sorted(child.iterdir()):
                     if grandchild.is_dir() and not grandchild.name.startswith("."):
                         yield grandchild
+
+
+def _store_parts(model_id: str) -> tuple[str, ...] | None:
+    """The path segments of a store id (`name` or `org/name`), or None if it cannot be one.
+
+    Exactly what `_candidate_folders` lists: one or two segments, none empty or starting
+    with "." (so no `..`, no hidden folders), no backslash or NUL; an absolute id has an
+    empty first segment.
+    """
+    parts = tuple(model_id.split("/"))
+    if not 1 <= len(parts) <= 2:
+        return None
+    for part in parts:
+        if not part or part.startswith(".") or "\\" in part or "\x00" in part:
+            return None
+    return parts
+
+
+def _admit(entry: ModelEntry, source: object, root: Path | None) -> ModelEntry | None:
+    """A source's entry as served: inside the source's root, with weights, deletable when
+    the source can delete."""
+    if entry.path is None or (root is not None and not is_inside(entry.path, root)):
+        return None
+    kind = entry.kind or detect_kind(entry.path)
+    if kind is None:
+        return None
+    return replace(entry, kind=kind, deletable=hasattr(source, "delete_model"), source=source)
 
 
 def _owner(folder: Path) -> str:

@@ -197,7 +197,10 @@ class JobStore:
         q = select(File).where(File.org_id == org_id)
         if purpose:
             q = q.where(File.purpose == purpose)
-        return self._page(q, File, after, limit, order, lambda s, a: self._seq_of(s, File, a))
+        in_org = File.org_id == org_id
+        return self._page(
+            q, File, after, limit, order, lambda s, a: self._seq_of(s, File, a, in_org)
+        )
 
     def delete_file(self, org_id: str, file_id: str) -> None:
         row = self.get_file(org_id, file_id)
@@ -207,8 +210,10 @@ class JobStore:
             self.file_path(row).unlink()
 
     # ------------------------------------------------------------------ pagination
-    def _seq_of(self, s: Session, table: Any, obj_id: str) -> int | None:
-        return s.scalar(select(table.seq).where(table.id == obj_id))
+    def _seq_of(self, s: Session, table: Any, obj_id: str, *scope: Any) -> int | None:
+        """The cursor position of `obj_id`, None unless it matches `scope` (its org or job):
+        another organization's id must look exactly like one that never existed."""
+        return s.scalar(select(table.seq).where(table.id == obj_id, *scope))
 
     def _page(
         self,
@@ -232,19 +237,19 @@ class JobStore:
         return Page(rows[:limit], len(rows) > limit)
 
     # ------------------------------------------------------------------ models
-    def resolve_model(self, org_id: str, model_id: str) -> ResolvedModel:
-        """A fine-tuned model or checkpoint id of `org_id` -> its folder (NotFound otherwise)."""
+    def resolve_model(self, org_id: str | None, model_id: str) -> ResolvedModel:
+        """A fine-tuned model or checkpoint id of `org_id` (any organization when None) -> its
+        folder (NotFound otherwise). At most three indexed lookups by primary / unique key:
+        the server calls this on every inference request."""
         with self.reading() as s:
-            m = s.scalar(select(Model).where(Model.id == model_id, Model.org_id == org_id))
+            q = select(Model).where(Model.id == model_id)
+            m = s.scalar(q if org_id is None else q.where(Model.org_id == org_id))
             if m is not None:
                 return ResolvedModel(
                     m.id, m.base_model, m.path, m.job_id, "fine-tune", m.org_id, m.created_at
                 )
-            c = s.scalar(
-                select(JobCheckpoint).where(
-                    JobCheckpoint.model_id == model_id, JobCheckpoint.org_id == org_id
-                )
-            )
+            q2 = select(JobCheckpoint).where(JobCheckpoint.model_id == model_id)
+            c = s.scalar(q2 if org_id is None else q2.where(JobCheckpoint.org_id == org_id))
             if c is not None:
                 job = s.scalar(select(Job).where(Job.id == c.job_id))
                 return ResolvedModel(
@@ -297,15 +302,39 @@ class JobStore:
         return out
 
     def delete_model(self, org_id: str, model_id: str) -> None:
-        """Forget a fine-tuned model (its folder stays in the job's output)."""
+        """Delete a fine-tuned model: its row, its job's checkpoints (rows, so their ids stop
+        resolving) and their folders on disk. The job itself and its result files stay."""
         with self.session() as s:
-            n = s.execute(delete(Model).where(Model.id == model_id, Model.org_id == org_id))
-        if not n.rowcount:
-            raise NotFound(
-                f"The model '{model_id}' does not exist or you do not have access to it.",
-                param="model",
-                code="model_not_found",
+            m = s.scalar(select(Model).where(Model.id == model_id, Model.org_id == org_id))
+            if m is None:
+                raise NotFound(
+                    f"The model '{model_id}' does not exist or you do not have access to it.",
+                    param="model",
+                    code="model_not_found",
+                )
+            child = s.scalar(
+                select(Job.id).where(
+                    Job.parent_model == model_id, Job.status.in_((*ACTIVE, "paused"))
+                )
             )
+            if child is not None:  # it would fail when it starts from the missing folder
+                raise Conflict(
+                    f"The model '{model_id}' is the starting point of fine-tuning job {child}; "
+                    "cancel the job or let it finish first.",
+                    param="model",
+                    code="model_in_use",
+                )
+            folders = [Path(m.path)]
+            if m.job_id is not None:
+                of_job = JobCheckpoint.job_id == m.job_id
+                folders += [Path(p) for p in s.scalars(select(JobCheckpoint.path).where(of_job))]
+                s.execute(delete(JobCheckpoint).where(of_job))
+            s.delete(m)
+        # Rows first: once committed nothing resolves to these folders any more.
+        for folder in folders:
+            real = Path(os.path.realpath(folder))
+            if real != self.data_dir and self.data_dir in real.parents:  # only our own outputs
+                shutil.rmtree(real, ignore_errors=True)
 
     # ------------------------------------------------------------------ jobs (client side)
     def create_job(
@@ -476,16 +505,18 @@ class JobStore:
     ) -> Page:
         """Jobs newest first; `metadata` keeps jobs whose metadata has every given pair."""
         q = select(Job)
-        if org_id is not None:
-            q = q.where(Job.org_id == org_id)
+        scope = [] if org_id is None else [Job.org_id == org_id]
+        q = q.where(*scope)
         if status:
             q = q.where(Job.status == status)
         if not metadata:
-            return self._page(q, Job, after, limit, "desc", lambda s, a: self._seq_of(s, Job, a))
+            return self._page(
+                q, Job, after, limit, "desc", lambda s, a: self._seq_of(s, Job, a, *scope)
+            )
         # JSON filtering differs per database; metadata is small, so filter in Python.
         with self.reading() as s:
             if after:
-                seq = self._seq_of(s, Job, after)
+                seq = self._seq_of(s, Job, after, *scope)
                 if seq is None:
                     raise NotFound(f"`after`: no such object {after!r}", param="after")
                 q = q.where(Job.seq < seq)
@@ -502,9 +533,14 @@ class JobStore:
     ) -> Page:
         """Events newest first."""
         self.get_job(org_id, job_id)
-        q = select(JobEvent).where(JobEvent.job_id == job_id)
+        of_job = JobEvent.job_id == job_id
         return self._page(
-            q, JobEvent, after, limit, "desc", lambda s, a: self._seq_of(s, JobEvent, a)
+            select(JobEvent).where(of_job),
+            JobEvent,
+            after,
+            limit,
+            "desc",
+            lambda s, a: self._seq_of(s, JobEvent, a, of_job),
         )
 
     def all_events(self, job_id: str) -> list[JobEvent]:
@@ -518,9 +554,14 @@ class JobStore:
     ) -> Page:
         """Checkpoints newest first."""
         self.get_job(org_id, job_id)
-        q = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+        of_job = JobCheckpoint.job_id == job_id
         return self._page(
-            q, JobCheckpoint, after, limit, "desc", lambda s, a: self._seq_of(s, JobCheckpoint, a)
+            select(JobCheckpoint).where(of_job),
+            JobCheckpoint,
+            after,
+            limit,
+            "desc",
+            lambda s, a: self._seq_of(s, JobCheckpoint, a, of_job),
         )
 
     def cancel_job(self, org_id: str | None, job_id: str) -> Job:

@@ -15,6 +15,11 @@ them together with shared state, middleware and error handlers. Shared state liv
                         and inference routes answer 503 meanwhile.
 - `app.state.metrics`   Metrics, rendered at `/metrics`.
 
+Exposure (see `tuneforge.server.hosts`): a non-loopback bind without API keys is refused
+unless `allow_public_without_keys`; the Host header is checked against an allowlist (DNS
+rebinding); with keys enabled, `/openapi.json` needs a key and `/docs` / `/redoc` are off
+(a browser cannot send the bearer key they would need to fetch the document).
+
 Adding a resource (e.g. the fine-tuning API): write `routes/<resource>.py` with an
 `APIRouter` named `router`, add it to `ROUTERS` below, and use `CurrentPrincipal` for auth
 and `APIError` for errors. Startup work for the resource can go in an `on_startup(app)`
@@ -32,15 +37,19 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
 
 from tuneforge.inference.engine import Engine, EngineConfig
 from tuneforge.inference.registry import ModelEntry, ModelRegistry, detect_kind
 from tuneforge.server import jobs
-from tuneforge.server.auth import KeyTable
-from tuneforge.server.errors import install_error_handlers
+from tuneforge.server.auth import KeyTable, get_principal
+from tuneforge.server.errors import ErrorResponse, install_error_handlers
+from tuneforge.server.hosts import HostAllowlist, allowed_hosts, check_exposure
 from tuneforge.server.metrics import Metrics
 from tuneforge.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from tuneforge.server.routes import chat, completions, files, fine_tuning, health, models
@@ -65,10 +74,15 @@ SHUTDOWN_HOOKS: list[Callable[[FastAPI], None]] = [jobs.uninstall]
 
 
 def resolve_base(settings: ServerSettings) -> ModelEntry:
-    """The base model entry: an id in the store, a folder path, or a Hub id.
+    """The base model entry: an id in the store, a folder path, or a Hub id. Never
+    deletable, even when its folder carries `tuneforge.json` (a fine-tune used as base).
 
     Without `settings.base_model`, the store must hold exactly one full model.
     """
+    return replace(_find_base(settings), deletable=False)
+
+
+def _find_base(settings: ServerSettings) -> ModelEntry:
     store = Path(settings.model_dir)
     name = settings.base_model
     if name is None:
@@ -100,7 +114,8 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     re-loaded if already loaded); by default one is built from settings and loaded in the
     background at startup.
     """
-    keys = KeyTable(settings.key_table())
+    keys = KeyTable(settings.key_table(), settings.admin_keys)
+    check_exposure(settings, keys.enabled)
     if engine is None:
         base = resolve_base(settings)
         engine = Engine(EngineConfig.from_settings(settings), base)
@@ -120,12 +135,21 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
                 await asyncio.to_thread(hook, app)
             await asyncio.to_thread(engine.shutdown)
 
+    docs = {} if not keys.enabled else {"openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(
         title="TuneForge",
         version=_version(),
         description="OpenAI-compatible inference and fine-tuning for your own models.",
         lifespan=lifespan,
+        **docs,
     )
+    app.openapi = _openapi_with_400(app)  # type: ignore[method-assign]
+    if keys.enabled:
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(get_principal)])
+        def openapi_document() -> JSONResponse:
+            return JSONResponse(app.openapi())
+
     app.state.settings = settings
     app.state.keys = keys
     app.state.registry = registry
@@ -141,7 +165,40 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         path_limits={"/v1/files": settings.max_upload_bytes},
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Outermost of all: a request for a foreign Host reaches nothing else.
+    app.add_middleware(HostAllowlist, allowed=allowed_hosts(settings))
     return app
+
+
+def _openapi_with_400(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document as the server answers: schema errors are 400 in OpenAI's error
+    shape (FastAPI documents its own 422 `HTTPValidationError`, which is never sent)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+        for item in schema.get("paths", {}).values():
+            for operation in item.values():
+                responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+                if responses.pop("422", None) is not None and "400" not in responses:
+                    responses["400"] = {
+                        "description": "Invalid request",
+                        "content": {"application/json": {"schema": error_ref}},
+                    }
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        components.setdefault(
+            "ErrorResponse",
+            ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}"),
+        )
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
 
 
 def _load(engine: Engine) -> None:

@@ -2,7 +2,10 @@
 
 Keys come from `ServerSettings` (`--api-key`, env `TUNEFORGE_API_KEYS`, and a JSON keys file
 mapping key -> organization). With no key configured, auth is off and every request is
-`Principal("default")`. Keys are compared in constant time against every configured key, so
+`Principal("default")`. Admin keys (`TUNEFORGE_ADMIN_KEYS`) are keys of organization
+"default" that also carry the operator's rights (`Principal.admin`): deleting folders of the
+model store, which belong to no organization. No request is admin when auth is off: an open
+server is one a stray web page or a neighbour on the network might reach. Keys are compared in constant time against every configured key, so
 the response time does not reveal which (or how much of a) key matched.
 
 Routes take `CurrentPrincipal` as a parameter; organisations scope what a caller sees (a
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -28,19 +32,23 @@ from tuneforge.server.errors import APIError
 
 @dataclass(frozen=True)
 class Principal:
-    """The caller: an organization, and the id of the key used (None when auth is off)."""
+    """The caller: an organization, the id of the key used (None when auth is off), and
+    whether that key is an admin (operator) key."""
 
     org_id: str
     key_id: str | None = None
+    admin: bool = False
 
 
 class KeyTable:
     """Configured API keys, checked in constant time."""
 
-    def __init__(self, keys: dict[str, str]) -> None:
+    def __init__(self, keys: dict[str, str], admin_keys: Iterable[str] = ()) -> None:
+        admins = set(admin_keys)
         # Compare digests so every comparison takes the same time whatever the key lengths.
         self._entries = [
-            (hashlib.sha256(key.encode()).digest(), org, _key_id(key)) for key, org in keys.items()
+            (hashlib.sha256(key.encode()).digest(), org, _key_id(key), key in admins)
+            for key, org in {**keys, **dict.fromkeys(admins - keys.keys(), "default")}.items()
         ]
 
     @property
@@ -50,9 +58,9 @@ class KeyTable:
     def check(self, presented: str) -> Principal | None:
         digest = hashlib.sha256(presented.encode()).digest()
         found: Principal | None = None
-        for expected, org, key_id in self._entries:  # no early exit: time is independent of match
+        for expected, org, key_id, admin in self._entries:  # no early exit: constant time
             if hmac.compare_digest(digest, expected):
-                found = Principal(org, key_id)
+                found = Principal(org, key_id, admin)
         return found
 
 

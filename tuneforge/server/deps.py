@@ -41,7 +41,10 @@ def get_ready_engine(request: Request) -> Engine:
     if not engine.ready:
         raise APIError(
             503,
-            "The model is still loading; retry shortly." if not engine.failed else engine.failed,
+            # The failure's reason names folders and exceptions: it stays in the server log.
+            "The model is still loading; retry shortly."
+            if not engine.failed
+            else "The model failed to load; see the server log.",
             code="model_loading",
             headers={"Retry-After": "5"},
         )

@@ -19,7 +19,7 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 
-from tuneforge.inference.registry import ModelEntry
+from tuneforge.inference.registry import ModelEntry, NotDeletable
 from tuneforge.jobs.errors import StoreError
 from tuneforge.jobs.store import JobStore
 from tuneforge.jobs.worker import Worker
@@ -74,12 +74,26 @@ class JobsState:
             )
         return out
 
+    def resolve_model(self, model_id: str) -> ModelEntry | None:
+        """One indexed lookup (the registry calls this on every inference request)."""
+        if not self.exists():
+            return None
+        try:
+            m = self.store.resolve_model(None, model_id)
+        except StoreError:
+            return None
+        return ModelEntry(id=m.id, path=Path(m.path), owned_by=m.org, org=m.org, created=m.created)
+
     def delete_model(self, model_id: str) -> bool:
-        for m in self.store.list_models(None, checkpoints=False):
-            if m.id == model_id:
-                self.store.delete_model(m.org, model_id)
-                return True
-        return False
+        """Delete a fine-tune with its files and checkpoints (a checkpoint alone: no)."""
+        try:
+            m = self.store.resolve_model(None, model_id)
+        except StoreError:
+            return False
+        if m.kind != "fine-tune":  # it goes with its fine-tune
+            raise NotDeletable(f"checkpoint {model_id!r} is deleted with its fine-tuned model")
+        self.store.delete_model(m.org, model_id)  # Conflict while a job starts from it
+        return True
 
     def close(self) -> None:
         if self.worker is not None:

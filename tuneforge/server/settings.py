@@ -72,6 +72,12 @@ class ServerSettings(BaseModel):
     api_keys_file: Path | None = Field(
         None, description='JSON file mapping key -> organization: {"sk-...": "org-a"}.'
     )
+    admin_keys: list[str] = Field(
+        default_factory=list,
+        description="Operator keys (organization 'default'): besides what any key may do, they "
+        "may delete model folders of model_dir over HTTP, which no other key can (env "
+        "TUNEFORGE_ADMIN_KEYS: comma-separated).",
+    )
 
     # -- engine ---------------------------------------------------------------------------------
     dtype: str = Field("fp32", description="fp32, bf16 or fp16.")
@@ -100,6 +106,18 @@ class ServerSettings(BaseModel):
     # -- network ----------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind.")
+    allow_public_without_keys: bool = Field(
+        False,
+        description="Start on a non-loopback host with no API key configured (refused "
+        "otherwise: anyone who can reach the port could use and change the server).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Extra names the server answers to in the Host header (env "
+        "TUNEFORGE_ALLOWED_HOSTS: comma-separated). A server bound to loopback answers only "
+        "localhost, 127.0.0.1, [::1] and these (421 otherwise), so a web page cannot reach it "
+        "by DNS rebinding; on other hosts, when set, only these names are answered.",
+    )
     trust_remote_code: bool = Field(False, description="Run model code from the Hub (off).")
 
     @field_validator("dtype")
@@ -118,7 +136,7 @@ class ServerSettings(BaseModel):
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is None:
                 continue
-            if name == "api_keys":
+            if field.annotation == list[str]:
                 values[name] = [k.strip() for k in raw.split(",") if k.strip()]
             elif field.annotation is bool:
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
@@ -129,7 +147,7 @@ class ServerSettings(BaseModel):
 
     def key_table(self) -> dict[str, str]:
         """Every accepted API key -> its organization id (empty: auth is off)."""
-        table = dict.fromkeys(self.api_keys, "default")
+        table = dict.fromkeys([*self.api_keys, *self.admin_keys], "default")
         if self.api_keys_file is not None:
             mapping = json.loads(Path(self.api_keys_file).read_text())
             if not isinstance(mapping, dict) or not all(

@@ -69,7 +69,7 @@ def _chat_logprobs(engine, entry, items: list[TokenLogprob]) -> list[dict[str, A
 async def create_chat_completion(body: ChatCompletionCreate, request: Request, handler: Handler):
     """OpenAI's chat completions, streaming (SSE ending in `data: [DONE]`) or not."""
     engine = handler.engine
-    entry = handler.resolve(body.model)
+    entry = await run_in_threadpool(handler.resolve, body.model)  # a DB / disk lookup
     n = handler.check_n(body.n)
     stop = handler.stops(body.stop)
     fmt = body.response_format.type if body.response_format else "text"

@@ -50,7 +50,7 @@ def _completion_logprobs(engine, entry, items: list[TokenLogprob], start: int) -
 async def create_completion(body: CompletionCreate, request: Request, handler: Handler):
     """Continue a prompt; `echo` prepends the prompt text, `stream` sends SSE chunks."""
     engine = handler.engine
-    entry = handler.resolve(body.model)
+    entry = await run_in_threadpool(handler.resolve, body.model)  # a DB / disk lookup
     n = handler.check_n(body.n)
     stop = handler.stops(body.stop)
     if body.best_of not in (None, 1, n):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tuneforge.inference.registry import ModelEntry
+from tuneforge.inference.registry import AdminOnly, ModelEntry, NotDeletable
+from tuneforge.jobs.errors import StoreError
 from tuneforge.server.deps import CurrentPrincipal, Registry
 from tuneforge.server.errors import ERROR_RESPONSES, APIError, model_not_found
 from tuneforge.server.schemas import ModelDeleted, ModelList, ModelPublic
@@ -37,16 +38,33 @@ def retrieve_model(model_id: str, registry: Registry, principal: CurrentPrincipa
 
 @router.delete(
     "/models/{model_id:path}",
-    responses={404: ERROR_RESPONSES[404], 400: ERROR_RESPONSES[400]},
+    responses={
+        404: ERROR_RESPONSES[404],
+        400: ERROR_RESPONSES[400],
+        403: ERROR_RESPONSES[403],
+        409: ERROR_RESPONSES[409],
+    },
 )
 def delete_model(model_id: str, registry: Registry, principal: CurrentPrincipal) -> ModelDeleted:
-    """Delete a fine-tune (the base model and models TuneForge did not make cannot be)."""
+    """Delete a fine-tune of the caller's organization with its files and checkpoints. The
+    base model never; a folder of the model store (shared by every organization) only with
+    an admin key; models TuneForge did not make never."""
     try:
-        deleted = registry.delete(model_id, principal.org_id)
-    except PermissionError:
+        deleted = registry.delete(model_id, principal.org_id, admin=principal.admin)
+    except AdminOnly:
+        raise APIError(
+            403,
+            f"The model '{model_id}' belongs to the server's model store; only an admin key "
+            "may delete it.",
+            param="model",
+            code="insufficient_permissions",
+        ) from None
+    except NotDeletable:
         raise APIError(
             400, f"The model '{model_id}' cannot be deleted.", param="model", code="not_deletable"
         ) from None
+    except StoreError as err:  # e.g. 409: a queued job starts from this fine-tune
+        raise APIError(err.status, err.message, param=err.param, code=err.code) from None
     if not deleted:
         raise model_not_found(model_id)
     return ModelDeleted(id=model_id, deleted=True)
