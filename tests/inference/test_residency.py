@@ -10,6 +10,7 @@ import json
 import shutil
 import threading
 import time
+import types
 import weakref
 
 import pytest
@@ -117,7 +118,7 @@ def _tables(root, vocab_size: int) -> int:
     seen, stack, found = {id(root)}, [root], 0
     while stack:
         obj = stack.pop()
-        if isinstance(obj, torch.nn.Module | torch.Tensor | threading.Thread):
+        if isinstance(obj, torch.nn.Module | torch.Tensor | threading.Thread | types.ModuleType):
             continue  # weights, and threads whose frames reach everything
         if (
             isinstance(obj, list)
@@ -136,7 +137,7 @@ def _tables(root, vocab_size: int) -> int:
 def test_switching_merged_models_keeps_nothing_behind(tiny_model_dir, two_merged):
     """Each switch evicts the other merged model (one slot); JSON mode builds the token-bytes
     tables of each load. What stays reachable must not grow with the number of switches."""
-    engine, base = make_engine(tiny_model_dir, max_full_models=1)
+    engine, _ = make_engine(tiny_model_dir, max_full_models=1)
     json_greedy = {"max_tokens": 6, "temperature": 0, "json_object": True}
     vocab_size = len(engine._base.tokenizer)
     evicted: list[weakref.ref] = []
@@ -163,9 +164,7 @@ def test_switching_merged_models_keeps_nothing_behind(tiny_model_dir, two_merged
         engine.shutdown()
 
 
-def test_streams_keep_decoding_while_a_merged_model_loads(
-    tiny_model_dir, two_merged, monkeypatch
-):
+def test_streams_keep_decoding_while_a_merged_model_loads(tiny_model_dir, two_merged, monkeypatch):
     """A merged model whose load is held open by the test: the base model's stream goes on
     producing tokens meanwhile, and the merged model's request is answered once it loads."""
     started, release = threading.Event(), threading.Event()
