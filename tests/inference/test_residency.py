@@ -213,3 +213,27 @@ def test_streams_keep_decoding_while_a_merged_model_loads(tiny_model_dir, two_me
     finally:
         release.set()
         engine.shutdown()
+
+
+def test_a_merged_model_that_fails_to_load_fails_only_its_requests(tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken-merged"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    engine, base = make_engine(tiny_model_dir, max_full_models=1)
+    entry = ModelEntry(id="broken-merged", path=broken, kind="full")
+
+    async def scenario():
+        return await asyncio.gather(
+            generate(engine, entry, PROMPT, **GREEDY),
+            generate(engine, base, PROMPT, **GREEDY),
+            return_exceptions=True,
+        )
+
+    try:
+        failed, served = asyncio.run(scenario())
+        assert isinstance(failed, EngineError) and "'broken-merged' failed" in str(failed)
+        assert str(broken) not in str(failed)  # server paths stay in the log
+        assert served[0][2] == "length"
+        assert not engine._full and not engine._loading and engine.queue_depth() == 0
+    finally:
+        engine.shutdown()

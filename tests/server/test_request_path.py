@@ -192,6 +192,7 @@ def test_logit_bias_per_request_in_one_batch(client, server):
         {"abc": 1},  # not a token id
         {"-1": 1},
         {"07": 1},  # not canonical: "7" and "07" would name one token twice
+        {"9" * 5000: 1},  # past int()'s digit limit
     ],
 )
 def test_logit_bias_is_validated(client, bias):

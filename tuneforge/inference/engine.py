@@ -568,9 +568,9 @@ class Engine:
             return self._base, self._adapter(entry)
         if entry.kind == "full":
             model = self._full_model(entry)
-            if model is None:
+            if isinstance(model, str):  # wait for that load to finish
                 with self._cv:
-                    self._loading[self._key(entry, self.base.id)].append((request, stream))
+                    self._loading[model].append((request, stream))
                     self._parked += 1
                 return None
             self._joining_models.add(self._key(entry, self.base.id))
@@ -647,21 +647,27 @@ class Engine:
             del base.adapters[victim]
             base.model.delete_adapter(victim)
 
-    def _full_model(self, entry: ModelEntry) -> _Model | None:
-        """The resident merged model for `entry`, or None while it loads (a load is started
-        on a loader thread if none is under way, evicting an idle model to make room)."""
+    def _full_model(self, entry: ModelEntry) -> _Model | str:
+        """The resident merged model for `entry`, or the key of a load to wait for.
+
+        A load is started on a loader thread if none is under way, after evicting an idle
+        model to make room. When every slot is taken by a load, the request waits for one of
+        them (then tries again); when they are all decoding, it is refused (503).
+        """
         assert entry.path is not None
         key = str(entry.path)
         if key in self._full:
             self._full.move_to_end(key)
             return self._full[key]
         if key in self._loading:
-            return None
+            return key
         if self.config.max_full_models == 0:
             raise EngineError(f"model {entry.id!r}: serving merged models is disabled")
         while len(self._full) + len(self._loading) >= self.config.max_full_models:
             busy = self._joining_models | {k for k, m in self._full.items() if m.seqs}
             victim = next((k for k in self._full if k not in busy), None)
+            if victim is None and self._loading:
+                return next(iter(self._loading))
             if victim is None:
                 raise EngineError(
                     "all merged-model slots are busy; retry shortly", status=503, code="busy"
@@ -671,7 +677,7 @@ class Engine:
         threading.Thread(
             target=self._load_full, args=(key, entry), name="tuneforge-loader", daemon=True
         ).start()
-        return None
+        return key
 
     def _load_full(self, key: str, entry: ModelEntry) -> None:
         """Loader thread: load a merged model and hand it to the scheduler."""
@@ -700,17 +706,24 @@ class Engine:
         """Scheduler thread: make finished loads resident; their parked requests go first."""
         with self._cv:
             done, self._loaded = self._loaded, []
+        assert self._base is not None
         for key, result in done:
+            failed, retry = [], []
             with self._cv:
                 parked = self._loading.pop(key, [])
                 self._parked -= len(parked)
                 if isinstance(result, _Model):
                     self._full[key] = result
-                    self._waiting.extendleft(reversed(parked))
+                    retry = parked
+                else:  # requests for this model fail; those waiting for a slot try again
+                    for item in parked:
+                        mine = self._key(item[0].model, self.base.id) == key
+                        (failed if mine else retry).append(item)
+                self._waiting.extendleft(reversed(retry))
             if isinstance(result, Exception):
                 with self._vocab_lock:
                     self._vocabs.pop(key, None)
-                for _, stream in parked:
+                for _, stream in failed:
                     stream.fail(result)
 
     def _evict_full(self, key: str) -> None:

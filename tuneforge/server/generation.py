@@ -197,8 +197,9 @@ class GenerationHandler:
         vocab = self.engine.vocab_size(entry)
         pairs = []
         for key, value in bias.items():
-            # Canonical decimal only, so "7" and "07" cannot name one token twice.
-            if not (key.isascii() and key.isdigit()) or str(int(key)) != key:
+            # Canonical decimal only, so "7" and "07" cannot name one token twice (and a
+            # 5,000-digit key never reaches int()).
+            if not (key.isascii() and key.isdigit() and len(key) <= 12) or str(int(key)) != key:
                 raise bad_request(
                     f"logit_bias keys must be token ids, got {key[:32]!r}", param="logit_bias"
                 )
