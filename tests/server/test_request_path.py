@@ -14,6 +14,7 @@ from openai import OpenAI
 
 from tests.conftest import CORPUS
 from tests.server.conftest import API_KEY, start_server, stop_server
+from tuneforge.modeling.tiny import build_model, save_model_folder
 from tuneforge.server.settings import ServerSettings
 
 CHAT = [{"role": "user", "content": "Hello! How can I help you?"}]
@@ -87,6 +88,62 @@ def test_huge_prompts_are_refused_untokenized_and_hold_nobody_up(roomy_server):
         assert err.body["param"] in ("messages", "prompt")
         assert elapsed < tokenize_s / 2, (elapsed, tokenize_s)
     assert small_s < baseline + tokenize_s / 2, (small_s, baseline, tokenize_s)
+
+
+@pytest.fixture(scope="module")
+def long_context_server(tmp_path_factory, tiny_tokenizer):
+    """A tiny model with a context of a million positions, and a prompt cap of 200,000
+    tokens: a 2 MiB prompt is within the character bound, so it is tokenized (then refused
+    for its token count)."""
+    root = tmp_path_factory.mktemp("long") / "models"
+    model = build_model(tiny_tokenizer, arch="llama", max_positions=1 << 20)
+    save_model_folder(model, tiny_tokenizer, root / "long-llama")
+    settings = ServerSettings(
+        model_dir=root,
+        base_model="long-llama",
+        data_dir=tmp_path_factory.mktemp("data"),
+        max_body_bytes=3 * 1024 * 1024,
+        max_prompt_tokens=200_000,
+        torch_threads=1,
+    )
+    running = start_server(settings)
+    yield running
+    stop_server(running)
+
+
+def test_long_prompts_being_tokenized_hold_nobody_up(long_context_server):
+    """Tokenizing takes no global lock: while four ~2 MiB prompts are tokenized, a small
+    request is answered without waiting for them."""
+    server = long_context_server
+    huge = (" ".join(CORPUS) + " ") * (2 * 1024 * 1024 // 600)
+    tokenizer = server.app.state.engine._base.tokenizer
+    started = time.perf_counter()
+    tokenizer(huge)
+    tokenize_s = time.perf_counter() - started
+    client = OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+
+    def small() -> float:
+        t = time.perf_counter()
+        client.completions.create(model="long-llama", prompt="Hello", max_tokens=2)
+        return time.perf_counter() - t
+
+    def big() -> tuple[float, dict]:
+        t = time.perf_counter()
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model="long-llama", prompt=huge, max_tokens=1)
+        return time.perf_counter() - t, err.value.body
+
+    baseline = min(small() for _ in range(3))
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        bigs = [pool.submit(big) for _ in range(4)]
+        time.sleep(min(0.5, tokenize_s / 4))  # let them reach the tokenizer
+        small_s = pool.submit(small).result()
+        results = [f.result() for f in bigs]
+    for _, body in results:
+        assert body["code"] == "context_length_exceeded"
+        assert "tokens" in body["message"]  # refused by its token count: it was tokenized
+    assert small_s < baseline + tokenize_s / 2, (small_s, baseline, tokenize_s)
+    assert small_s < min(elapsed for elapsed, _ in results)
 
 
 def test_prompt_char_limit_setting(model_store, tmp_path):

@@ -20,8 +20,11 @@ from a model's tokenizer (the tokenizer itself, its context length, the token-by
 is kept per model key in a `_Vocab`, and dropped when that model is evicted.
 
 Prompts are measured before they are tokenized: `encode` and `prepare_chat` take a
-`max_chars` bound and refuse longer text (`PromptTooLong`) without touching the tokenizer,
-so the tokenizer lock is never held over unbounded input.
+`max_chars` bound and refuse longer text (`PromptTooLong`) without touching the tokenizer.
+Tokenizing takes no engine lock: a fast tokenizer only mutates itself when a call asks for
+truncation or padding other than what it has, and the engine never asks, so with both
+switched off once (`_Vocab`) concurrent calls only read it (and run in parallel: the Rust
+tokenizer releases the GIL). One long prompt never makes a short one wait.
 
     lane.cache: per layer keys/values (B, heads, T, head_dim), left-padded
     lane.mask:  (B, T) 1 for real tokens
@@ -107,6 +110,15 @@ class _Vocab:
     """
 
     def __init__(self, tokenizer: Any, context_length: int) -> None:
+        # transformers' fast tokenizer resets the backend's truncation / padding on each call
+        # when they differ from the call's (none): switch them off now, once, so that every
+        # later call only reads the backend and calls from several threads cannot collide.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            if backend.truncation is not None:
+                backend.no_truncation()
+            if backend.padding is not None:
+                backend.no_padding()
         self.tokenizer = tokenizer
         self.context_length = context_length
         self._bytes: list[bytes | None] | None = None
@@ -275,7 +287,6 @@ class Engine:
         # Per model key (_BASE_KEY or a merged model's folder): tokenizer-derived data, LRU.
         self._vocabs: collections.OrderedDict[str, _Vocab] = collections.OrderedDict()
         self._vocab_lock = threading.Lock()  # creating / dropping vocabs
-        self._tok_lock = threading.Lock()  # calls into a tokenizer (not thread-safe)
         self._cv = threading.Condition()
         self._waiting: collections.deque[tuple[GenerationRequest, RequestStream]] = (
             collections.deque()
@@ -418,15 +429,13 @@ class Engine:
             raise ValueError(f"the chat template cannot render these messages: {err}") from err
         _check_length(text, max_chars)
         # As `render_prompt` (what training uses): templates write their own BOS.
-        with self._tok_lock:
-            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def encode(self, entry: ModelEntry, text: str, max_chars: int | None = None) -> list[int]:
         """Token ids of `text`; over `max_chars` characters it is refused untokenized."""
         tokenizer = self._vocab(entry).tokenizer
         _check_length(text, max_chars)
-        with self._tok_lock:
-            return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def decode(self, entry: ModelEntry, ids: list[int]) -> str:
         return self._vocab(entry).tokenizer.decode(ids, skip_special_tokens=True)

@@ -83,8 +83,8 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, h
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
     handler.refuse_unsupported(body)
-    logit_bias = handler.logit_bias(entry, body.logit_bias)
     prompt_ids = await handler.prepare_chat(entry, _messages(body), body.tools)
+    logit_bias = handler.logit_bias(entry, body.logit_bias)  # the vocabulary is loaded now
     requested = body.max_completion_tokens or body.max_tokens
     params = sampling_params(
         body,

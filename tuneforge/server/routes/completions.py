@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
 
 from tuneforge.inference.params import Delta, TokenLogprob
 from tuneforge.server.errors import ERROR_RESPONSES, bad_request
@@ -62,17 +63,17 @@ async def create_completion(body: CompletionCreate, request: Request, handler: H
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
     handler.refuse_unsupported(body)
-    logit_bias = handler.logit_bias(entry, body.logit_bias)
     prompt = _single_prompt(body.prompt)
     if isinstance(prompt, str):
         prompt_ids = await handler.encode(entry, prompt)
         prompt_text = prompt
     else:
         prompt_ids = prompt
-        vocab = engine.vocab_size(entry)
+        vocab = await run_in_threadpool(engine.vocab_size, entry)  # may read the tokenizer
         if any(t < 0 or t >= vocab for t in prompt_ids):
             raise bad_request("prompt contains token ids outside the vocabulary", param="prompt")
         prompt_text = engine.decode(entry, prompt_ids) if body.echo else ""
+    logit_bias = handler.logit_bias(entry, body.logit_bias)
     params = sampling_params(
         body,
         max_tokens=handler.max_tokens(entry, body.max_tokens, len(prompt_ids)),
