@@ -224,8 +224,9 @@ class GenerationHandler:
         `functions`, `audio`, `reasoning_effort`, a vLLM `top_k`, a typo) would otherwise be
         dropped without a word, and the caller would believe it took effect.
         """
-        for name in body.model_extra or {}:
-            raise bad_request(f"Unrecognized request argument supplied: {name}", param=name)
+        unknown = next(iter(body.model_extra or {}), None)
+        if unknown is not None:  # OpenAI's own wording for this error
+            raise bad_request(f"Unrecognized request argument supplied: {unknown}", param=unknown)
         tools = getattr(body, "tools", None)
         choice = getattr(body, "tool_choice", None)
         if choice is not None and choice != "auto" and not (choice == "none" and not tools):
