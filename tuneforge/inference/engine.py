@@ -150,6 +150,12 @@ class _Vocab:
             longest = max((len(raw) for raw in self.bytes_table() if raw), default=1)
             added = getattr(self.tokenizer, "added_tokens_decoder", {}).values()
             longest = max([longest, *(len(getattr(t, "content", "")) for t in added)])
+            # Unicode composition (NFC / NFKC, e.g. Qwen's normalizer) can turn up to three
+            # characters into one before tokenization: allow for it.
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            normalizer = repr(getattr(backend, "normalizer", None))
+            if "NFC" in normalizer or "NFKC" in normalizer:
+                longest *= 3
             self._max_chars = max(1, longest)
         return self._max_chars
 
