@@ -13,6 +13,19 @@ left-padding to a common length. This is continuous batching on a left-padded de
 simple and model-agnostic (any Hugging Face causal LM with a `DynamicCache`), at the cost of
 copying the cache when sequences join. Each merged full model has a lane of its own.
 
+Loading a merged model takes seconds to minutes, so it happens on a loader thread: requests
+for a model still loading wait off the queue (they count against `max_queue`), every other
+lane keeps decoding, and the model joins the scheduler when it is ready. Everything derived
+from a model's tokenizer (the tokenizer itself, its context length, the token-bytes tables)
+is kept per model key in a `_Vocab`, and dropped when that model is evicted.
+
+Prompts are measured before they are tokenized: `encode` and `prepare_chat` take a
+`max_chars` bound and refuse longer text (`PromptTooLong`) without touching the tokenizer.
+Tokenizing takes no engine lock: a fast tokenizer only mutates itself when a call asks for
+truncation or padding other than what it has, and the engine never asks, so with both
+switched off once (`_Vocab`) concurrent calls only read it (and run in parallel: the Rust
+tokenizer releases the GIL). One long prompt never makes a short one wait.
+
     lane.cache: per layer keys/values (B, heads, T, head_dim), left-padded
     lane.mask:  (B, T) 1 for real tokens
     lane.positions: (B,) position id of each row's next token
@@ -47,12 +60,14 @@ from transformers import AutoConfig, AutoTokenizer, DynamicCache
 from tuneforge.inference.json_mode import START, JsonMachine, State
 from tuneforge.inference.params import Delta, GenerationRequest, TokenLogprob
 from tuneforge.inference.registry import ModelEntry
-from tuneforge.inference.sampling import adjusted_logits, draw, probabilities
+from tuneforge.inference.sampling import adjusted_logits, biased_logits, draw, probabilities
 from tuneforge.inference.tokens import IncrementalDetokenizer, StopMatcher, token_bytes_table
 
 log = logging.getLogger("tuneforge.inference")
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
+_BASE_KEY = ""  # `_vocabs` key of the base model (merged models use their folder)
+_SPARE_VOCABS = 2  # vocabs kept for models neither resident nor loading
 END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
 
@@ -66,6 +81,83 @@ class EngineError(Exception):
 
 class QueueFull(Exception):
     """The waiting queue is at `max_queue`."""
+
+
+class PromptTooLong(EngineError):
+    """Prompt text longer than `limit` characters: refused before tokenization."""
+
+    def __init__(self, chars: int, limit: int) -> None:
+        super().__init__(
+            f"the prompt has {chars} characters, more than the {limit} that can fit",
+            code="context_length_exceeded",
+        )
+        self.chars, self.limit = chars, limit
+
+
+def _context_of(config: Any) -> int:
+    return int(
+        getattr(config, "max_position_embeddings", None)
+        or getattr(config, "n_positions", None)
+        or 2048
+    )
+
+
+class _Vocab:
+    """What one model's tokenizer gives: the tokenizer, context length, token-bytes tables.
+
+    The tables are built on first use (JSON mode, logprobs, the prompt-size bound) and live
+    exactly as long as this object, which the engine drops with its model.
+    """
+
+    def __init__(self, tokenizer: Any, context_length: int) -> None:
+        # transformers' fast tokenizer resets the backend's truncation / padding on each call
+        # when they differ from the call's (none): switch them off now, once, so that every
+        # later call only reads the backend and calls from several threads cannot collide.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:
+            if backend.truncation is not None:
+                backend.no_truncation()
+            if backend.padding is not None:
+                backend.no_padding()
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self._bytes: list[bytes | None] | None = None
+        self._single: dict[int, int] | None = None
+        self._max_chars: int | None = None
+
+    def bytes_table(self) -> list[bytes | None]:
+        """The raw bytes of every token id (None for special tokens)."""
+        if self._bytes is None:
+            table = token_bytes_table(self.tokenizer)
+            single: dict[int, int] = {}
+            for tid, raw in enumerate(table):
+                if raw is not None and len(raw) == 1:
+                    single.setdefault(raw[0], tid)
+            self._single, self._bytes = single, table
+        return self._bytes
+
+    def single_byte(self) -> dict[int, int]:
+        """byte value -> a token id that is exactly that byte."""
+        self.bytes_table()
+        assert self._single is not None
+        return self._single
+
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for: a text of `k * max_token_chars()`
+        characters has more than `k` tokens (a character is at least one byte, and special
+        tokens match their own text)."""
+        if self._max_chars is None:
+            longest = max((len(raw) for raw in self.bytes_table() if raw), default=1)
+            added = getattr(self.tokenizer, "added_tokens_decoder", {}).values()
+            longest = max([longest, *(len(getattr(t, "content", "")) for t in added)])
+            # Unicode composition (NFC / NFKC, e.g. Qwen's normalizer) can turn up to three
+            # characters into one before tokenization: allow for it.
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            normalizer = repr(getattr(backend, "normalizer", None))
+            if "NFC" in normalizer or "NFKC" in normalizer:
+                longest *= 3
+            self._max_chars = max(1, longest)
+        return self._max_chars
 
 
 @dataclass(frozen=True)
@@ -158,16 +250,13 @@ class _Seq:
 class _Model:
     """A loaded model (the base, with its adapters, or a merged fine-tune) and its lane."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: torch.device) -> None:
+    def __init__(self, model: Any, vocab: _Vocab, device: torch.device) -> None:
         self.model = model
-        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.tokenizer = tokenizer = vocab.tokenizer
         self.device = device
         config = model.config
-        self.context_length = int(
-            getattr(config, "max_position_embeddings", None)
-            or getattr(config, "n_positions", None)
-            or 2048
-        )
+        self.context_length = _context_of(config)
         self.vocab_size = model.get_input_embeddings().num_embeddings
         eos = {tokenizer.eos_token_id, getattr(config, "eos_token_id", None)}
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -199,16 +288,21 @@ class Engine:
         self.ready = False
         self.failed: str | None = None
         self._base: _Model | None = None
+        # Merged models by key (their folder), LRU; touched by the scheduler thread only.
         self._full: collections.OrderedDict[str, _Model] = collections.OrderedDict()
-        self._tokenizers: dict[str, Any] = {}
-        self._contexts: dict[str, int] = {}
-        self._bytes: dict[int, list[bytes | None]] = {}
-        self._single_byte: dict[int, dict[int, int]] = {}
-        self._tok_lock = threading.Lock()
+        # Per model key (_BASE_KEY or a merged model's folder): tokenizer-derived data, LRU.
+        self._vocabs: collections.OrderedDict[str, _Vocab] = collections.OrderedDict()
+        self._vocab_lock = threading.Lock()  # creating / dropping vocabs
         self._cv = threading.Condition()
         self._waiting: collections.deque[tuple[GenerationRequest, RequestStream]] = (
             collections.deque()
         )
+        # Merged models being loaded -> the requests parked until they are (scheduler thread);
+        # loader threads hand results back through `_loaded` (under `_cv`).
+        self._loading: dict[str, list[tuple[GenerationRequest, RequestStream]]] = {}
+        self._loaded: list[tuple[str, _Model | Exception]] = []
+        self._parked = 0  # requests in `_loading`, counted against max_queue (under `_cv`)
+        self._joining_models: set[str] = set()
         self._stop = False
         self._thread: threading.Thread | None = None
         self._json = JsonMachine()
@@ -239,7 +333,9 @@ class Engine:
             self.failed = f"loading {source} failed: {err}"
             raise
         model.eval()
-        self._base = _Model(model, tokenizer, self.device)
+        vocab = _Vocab(tokenizer, _context_of(model.config))
+        self._vocabs[_BASE_KEY] = vocab
+        self._base = _Model(model, vocab, self.device)
         self.ready = True
 
     def start(self) -> None:
@@ -257,89 +353,116 @@ class Engine:
         error = EngineError("the server is shutting down", status=503)
         for _, stream in self._waiting:
             stream.fail(error)
+        for parked in list(self._loading.values()):
+            for _, stream in parked:
+                stream.fail(error)
         for m in self._models():
             for seq in m.seqs:
                 seq.stream.fail(error)
 
     # -- request-side helpers (called from handler threads) ------------------------------------
 
-    def _tokenizer_for(self, entry: ModelEntry) -> Any:
-        assert self._base is not None
-        if entry.kind != "full" or entry.id == self.base.id or entry.path is None:
-            return self._base.tokenizer  # adapters share the base tokenizer (and vocabulary)
-        key = str(entry.path)
-        if key not in self._tokenizers:
-            from tuneforge.tokenize import ensure_chat_template
+    @staticmethod
+    def _key(entry: ModelEntry, base_id: str) -> str:
+        """The model an entry runs on: the base (itself or with an adapter) or a merged one."""
+        if entry.kind != "full" or entry.id == base_id or entry.path is None:
+            return _BASE_KEY
+        return str(entry.path)
 
-            with self._tok_lock:
-                tok = AutoTokenizer.from_pretrained(
-                    key, trust_remote_code=self.config.trust_remote_code
-                )
-                if tok.pad_token is None:
-                    tok.pad_token = tok.eos_token or tok.unk_token
-                ensure_chat_template(tok)
-                self._tokenizers[key] = tok
-        return self._tokenizers[key]
+    def _vocab(self, entry: ModelEntry) -> _Vocab:
+        """The tokenizer-derived data of `entry`'s model, loaded from its folder on first use.
+
+        Besides the base and resident merged models, a few more stay cached (requests are
+        tokenized before their model is loaded); beyond that the least recently used go.
+        """
+        assert self._base is not None
+        key = self._key(entry, self.base.id)
+        with self._vocab_lock:
+            vocab = self._vocabs.get(key)
+            if vocab is not None:
+                self._vocabs.move_to_end(key)
+                return vocab
+        from tuneforge.tokenize import ensure_chat_template
+
+        tok = AutoTokenizer.from_pretrained(key, trust_remote_code=self.config.trust_remote_code)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token or tok.unk_token
+        ensure_chat_template(tok)
+        cfg = AutoConfig.from_pretrained(key, trust_remote_code=self.config.trust_remote_code)
+        with self._vocab_lock:
+            vocab = self._vocabs.setdefault(key, _Vocab(tok, _context_of(cfg)))
+            self._trim_vocabs()
+        return vocab
+
+    def _trim_vocabs(self) -> None:
+        """Drop vocabs of models neither resident nor loading beyond a small spare (locked)."""
+        keep = {_BASE_KEY, *list(self._full), *list(self._loading)}
+        spare = len(self._vocabs) - len(keep) - _SPARE_VOCABS
+        for key in [k for k in self._vocabs if k not in keep][: max(0, spare)]:
+            del self._vocabs[key]
+
+    def max_token_chars(self, entry: ModelEntry) -> int:
+        """The most characters one token of `entry`'s vocabulary stands for."""
+        return self._vocab(entry).max_token_chars()
 
     def context_length(self, entry: ModelEntry) -> int:
-        assert self._base is not None
-        if entry.kind != "full" or entry.id == self.base.id or entry.path is None:
-            return self._base.context_length
-        key = str(entry.path)
-        if key not in self._contexts:
-            cfg = AutoConfig.from_pretrained(key, trust_remote_code=self.config.trust_remote_code)
-            self._contexts[key] = int(
-                getattr(cfg, "max_position_embeddings", None)
-                or getattr(cfg, "n_positions", None)
-                or 2048
-            )
-        return self._contexts[key]
+        return self._vocab(entry).context_length
 
     def vocab_size(self, entry: ModelEntry) -> int:
-        return len(self._tokenizer_for(entry))
+        return len(self._vocab(entry).tokenizer)
 
     def prepare_chat(
-        self, entry: ModelEntry, messages: list[dict], tools: list | None = None
+        self,
+        entry: ModelEntry,
+        messages: list[dict],
+        tools: list | None = None,
+        max_chars: int | None = None,
     ) -> list[int]:
         """Prompt ids for a chat, rendered with the model's own chat template.
 
-        Raises ValueError for messages the template cannot render.
+        The template is rendered to text first (no tokenizer call) and text over `max_chars`
+        is refused (`PromptTooLong`) before it is tokenized. Raises ValueError for messages
+        the template cannot render.
         """
-        from tuneforge.tokenize.templates import render_prompt
+        from tuneforge.tokenize.templates import normalize_messages, render_text
 
-        tokenizer = self._tokenizer_for(entry)
-        with self._tok_lock:
-            try:
-                return list(render_prompt(messages, tokenizer, tools))
-            except ValueError:
-                raise
-            except Exception as err:  # jinja2 TemplateError and friends
-                raise ValueError(f"the chat template cannot render these messages: {err}") from err
+        tokenizer = self._vocab(entry).tokenizer
+        try:
+            (text,) = render_text([normalize_messages(messages)], tokenizer, tools, True)
+        except ValueError:
+            raise
+        except Exception as err:  # jinja2 TemplateError and friends
+            raise ValueError(f"the chat template cannot render these messages: {err}") from err
+        _check_length(text, max_chars)
+        # As `render_prompt` (what training uses): templates write their own BOS.
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def encode(self, entry: ModelEntry, text: str) -> list[int]:
-        tokenizer = self._tokenizer_for(entry)
-        with self._tok_lock:
-            return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    def encode(self, entry: ModelEntry, text: str, max_chars: int | None = None) -> list[int]:
+        """Token ids of `text`; over `max_chars` characters it is refused untokenized."""
+        tokenizer = self._vocab(entry).tokenizer
+        _check_length(text, max_chars)
+        return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def decode(self, entry: ModelEntry, ids: list[int]) -> str:
-        return self._tokenizer_for(entry).decode(ids, skip_special_tokens=True)
+        return self._vocab(entry).tokenizer.decode(ids, skip_special_tokens=True)
 
     def chat_stop_ids(self, entry: ModelEntry) -> tuple[int, ...]:
         """End-of-turn tokens of chat templates present in the vocabulary."""
-        vocab = self._tokenizer_for(entry).get_vocab()
+        vocab = self._vocab(entry).tokenizer.get_vocab()
         return tuple(vocab[t] for t in END_OF_TURN if t in vocab)
 
     def token_text(self, entry: ModelEntry, token_id: int) -> tuple[str, bytes]:
         """(text, raw bytes) of one token, for logprobs."""
-        tokenizer = self._tokenizer_for(entry)
-        raw = self._bytes_table(tokenizer)[token_id]
+        vocab = self._vocab(entry)
+        tokenizer = vocab.tokenizer
+        raw = vocab.bytes_table()[token_id]
         if raw is None:
             text = tokenizer.convert_ids_to_tokens(token_id) or ""
             return text, text.encode("utf-8")
         return raw.decode("utf-8", errors="replace"), raw
 
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + self._parked
 
     def submit(self, request: GenerationRequest) -> RequestStream:
         """Queue a request (call on the event loop). Raises QueueFull or EngineError."""
@@ -349,25 +472,11 @@ class Engine:
         with self._cv:
             if self._stop:
                 raise EngineError("the server is shutting down", status=503)
-            if len(self._waiting) >= self.config.max_queue:
+            if len(self._waiting) + self._parked >= self.config.max_queue:
                 raise QueueFull
             self._waiting.append((request, stream))
             self._cv.notify()
         return stream
-
-    # -- tokens tables ------------------------------------------------------------------------
-
-    def _bytes_table(self, tokenizer: Any) -> list[bytes | None]:
-        key = id(tokenizer)
-        if key not in self._bytes:
-            table = token_bytes_table(tokenizer)
-            self._bytes[key] = table
-            single: dict[int, int] = {}
-            for tid, raw in enumerate(table):
-                if raw is not None and len(raw) == 1:
-                    single.setdefault(raw[0], tid)
-            self._single_byte[key] = single
-        return self._bytes[key]
 
     # -- the scheduler thread ------------------------------------------------------------------
 
@@ -380,7 +489,12 @@ class Engine:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._stop and not self._waiting and self._running_rows() == 0:
+                while (
+                    not self._stop
+                    and not self._waiting
+                    and not self._loaded
+                    and self._running_rows() == 0
+                ):
                     self._cv.wait()
                 if self._stop:
                     return
@@ -417,8 +531,10 @@ class Engine:
 
     def _admit(self) -> None:
         """Move waiting requests into lanes while rows are free; prefill them together."""
+        self._install_loaded()
         joining: dict[int, tuple[_Model, list]] = {}
         self._joining_adapters: set[str] = set()  # adapters this round needs: not evictable
+        self._joining_models = set()  # merged models this round needs: not evictable
         free = self.config.max_batch_size - self._running_rows()
         while True:
             with self._cv:
@@ -434,14 +550,17 @@ class Engine:
                     break
                 self._waiting.popleft()
             try:
-                model, adapter = self._lane_for(request.model)
+                lane = self._lane_for(request, stream)
             except EngineError as err:
                 stream.fail(err)
                 continue
-            except Exception as err:
+            except Exception:
                 log.exception("loading %s failed", request.model.id)
-                stream.fail(EngineError(f"loading model {request.model.id!r} failed: {err}"))
+                stream.fail(EngineError(f"loading model {request.model.id!r} failed"))
                 continue
+            if lane is None:  # parked until its merged model is loaded
+                continue
+            model, adapter = lane
             if adapter is not None:
                 self._joining_adapters.add(adapter)
             joining.setdefault(id(model), (model, []))[1].append((request, stream, adapter))
@@ -451,15 +570,26 @@ class Engine:
 
     # -- models and adapters ------------------------------------------------------------------
 
-    def _lane_for(self, entry: ModelEntry) -> tuple[_Model, str | None]:
+    def _lane_for(
+        self, request: GenerationRequest, stream: RequestStream
+    ) -> tuple[_Model, str | None] | None:
+        """The lane (and adapter) for a request, or None when it was parked for a load."""
         assert self._base is not None
+        entry = request.model
         if entry.id == self.base.id:
             self._base.last_used = time.monotonic()
             return self._base, None
         if entry.kind == "adapter":
             return self._base, self._adapter(entry)
         if entry.kind == "full":
-            return self._full_model(entry), None
+            model = self._full_model(entry)
+            if isinstance(model, str):  # wait for that load to finish
+                with self._cv:
+                    self._loading[model].append((request, stream))
+                    self._parked += 1
+                return None
+            self._joining_models.add(self._key(entry, self.base.id))
+            return model, None
         raise EngineError(f"model {entry.id!r} has no servable weights")
 
     def _adapter(self, entry: ModelEntry) -> str:
@@ -485,12 +615,36 @@ class Engine:
             else:
                 base.model.load_adapter(str(entry.path), adapter_name=name, is_trainable=False)
         except Exception as err:
+            # peft injects the adapter's layers before it reads the weights: take them out
+            # again, or the base and every other adapter would answer through them.
+            log.warning("adapter %s failed to load: %s", entry.id, err)
+            self._discard_adapter(name)
             raise EngineError(
-                f"model {entry.id!r} cannot be applied to base model {self.base.id!r}: {err}"
+                f"model {entry.id!r} cannot be applied to base model {self.base.id!r}: its "
+                f"adapter files are unreadable or do not fit the base ({type(err).__name__})"
             ) from err
         base.model.eval()
         base.adapters[name] = str(entry.path)
         return name
+
+    def _discard_adapter(self, name: str) -> None:
+        """Remove a half-loaded adapter `name` from the base model."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        base = self._base
+        assert base is not None
+        if base.is_peft:
+            if name in base.model.peft_config:
+                base.model.delete_adapter(name)
+            return
+        # The first adapter: the base is still a plain model, with LoRA layers wrapped around
+        # some of its modules in place. Put the original modules back.
+        for parent in list(base.model.modules()):
+            for child_name, child in list(parent.named_children()):
+                if isinstance(child, BaseTunerLayer):
+                    setattr(parent, child_name, child.get_base_layer())
+        if hasattr(base.model, "peft_config"):
+            del base.model.peft_config
 
     def _evict_adapters(self, limit: int, keep: str | None = None) -> None:
         """Unload least-recently-used adapters until at most `limit` remain.
@@ -508,34 +662,92 @@ class Engine:
             del base.adapters[victim]
             base.model.delete_adapter(victim)
 
-    def _full_model(self, entry: ModelEntry) -> _Model:
-        from tuneforge.modeling.load import load_model_and_tokenizer
+    def _full_model(self, entry: ModelEntry) -> _Model | str:
+        """The resident merged model for `entry`, or the key of a load to wait for.
 
+        A load is started on a loader thread if none is under way, after evicting an idle
+        model to make room. When every slot is taken by a load, the request waits for one of
+        them (then tries again); when they are all decoding, it is refused (503).
+        """
         assert entry.path is not None
         key = str(entry.path)
         if key in self._full:
             self._full.move_to_end(key)
             return self._full[key]
+        if key in self._loading:
+            return key
         if self.config.max_full_models == 0:
             raise EngineError(f"model {entry.id!r}: serving merged models is disabled")
-        while len(self._full) >= self.config.max_full_models:
-            victim = next((k for k, m in self._full.items() if not m.seqs), None)
+        while len(self._full) + len(self._loading) >= self.config.max_full_models:
+            busy = self._joining_models | {k for k, m in self._full.items() if m.seqs}
+            victim = next((k for k in self._full if k not in busy), None)
+            if victim is None and self._loading:
+                return next(iter(self._loading))
             if victim is None:
                 raise EngineError(
                     "all merged-model slots are busy; retry shortly", status=503, code="busy"
                 )
-            del self._full[victim]
-        model, tokenizer = load_model_and_tokenizer(
-            key,
-            dtype=self.config.dtype,
-            trust_remote_code=self.config.trust_remote_code,
-            device=self.device,
-        )
-        model.eval()
-        loaded = _Model(model, tokenizer, self.device)
-        self._tokenizers.setdefault(key, tokenizer)
-        self._full[key] = loaded
-        return loaded
+            self._evict_full(victim)
+        self._loading[key] = []
+        threading.Thread(
+            target=self._load_full, args=(key, entry), name="tuneforge-loader", daemon=True
+        ).start()
+        return key
+
+    def _load_full(self, key: str, entry: ModelEntry) -> None:
+        """Loader thread: load a merged model and hand it to the scheduler."""
+        from tuneforge.modeling import load as loading
+
+        result: _Model | Exception
+        try:
+            model, tokenizer = loading.load_model_and_tokenizer(
+                key,
+                dtype=self.config.dtype,
+                trust_remote_code=self.config.trust_remote_code,
+                device=self.device,
+            )
+            model.eval()
+            with self._vocab_lock:  # one tokenizer per model: reuse the request side's
+                vocab = self._vocabs.setdefault(key, _Vocab(tokenizer, _context_of(model.config)))
+            result = _Model(model, vocab, self.device)
+        except Exception:
+            log.exception("loading %s failed", entry.id)
+            result = EngineError(f"loading model {entry.id!r} failed")
+        with self._cv:
+            self._loaded.append((key, result))
+            self._cv.notify_all()
+
+    def _install_loaded(self) -> None:
+        """Scheduler thread: make finished loads resident; their parked requests go first."""
+        with self._cv:
+            done, self._loaded = self._loaded, []
+        assert self._base is not None
+        for key, result in done:
+            failed, retry = [], []
+            with self._cv:
+                parked = self._loading.pop(key, [])
+                self._parked -= len(parked)
+                if isinstance(result, _Model):
+                    self._full[key] = result
+                    retry = parked
+                else:  # requests for this model fail; those waiting for a slot try again
+                    for item in parked:
+                        mine = self._key(item[0].model, self.base.id) == key
+                        (failed if mine else retry).append(item)
+                self._waiting.extendleft(reversed(retry))
+            if isinstance(result, Exception):
+                with self._vocab_lock:
+                    self._vocabs.pop(key, None)
+                for _, stream in failed:
+                    stream.fail(result)
+
+    def _evict_full(self, key: str) -> None:
+        """Forget a merged model and everything derived from it."""
+        del self._full[key]
+        with self._vocab_lock:
+            self._vocabs.pop(key, None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     # -- prefill and decode ---------------------------------------------------------------------
 
@@ -578,7 +790,7 @@ class Engine:
         for r, stream, adapter in items:
             json_state = START if r.params.json_object else None
             if json_state is not None:
-                self._bytes_table(m.tokenizer)  # build the token-bytes tables once
+                m.vocab.bytes_table()  # build the token-bytes tables once
             for choice in range(r.n):
                 generator = None
                 if r.params.seed is not None:
@@ -690,7 +902,7 @@ class Engine:
         params = [s.request.params for s in seqs]
         raw_logprobs = torch.log_softmax(logits, dim=-1)
         penalised = adjusted_logits(
-            logits,
+            biased_logits(logits, [p.logit_bias for p in params]),
             counts,
             torch.tensor([p.presence_penalty for p in params], device=dev),
             torch.tensor([p.frequency_penalty for p in params], device=dev),
@@ -718,8 +930,8 @@ class Engine:
         greedy = params.temperature == 0
         if seq.json_state is None:
             return draw(probs[row], penalised[row], greedy, seq.generator)
-        table = self._bytes_table(m.tokenizer)
-        single = self._single_byte[id(m.tokenizer)]
+        table = m.vocab.bytes_table()
+        single = m.vocab.single_byte()
         budget = params.max_tokens - len(seq.generated)
         if not seq.forced:
             closing = self._json.closing(seq.json_state)
@@ -768,7 +980,7 @@ class Engine:
             if stop_hit:
                 finish = "stop"
             elif seq.json_state is not None:
-                raw = self._bytes_table(m.tokenizer)[token] or b""
+                raw = m.vocab.bytes_table()[token] or b""
                 seq.json_state = self._json.feed(seq.json_state, raw)
                 if self._json.is_done(seq.json_state):
                     finish = "length" if seq.forced_close else "stop"
@@ -787,6 +999,11 @@ class Engine:
             delta.finish_reason = finish  # type: ignore[assignment]
         delta.text = text
         return delta
+
+
+def _check_length(text: str, max_chars: int | None) -> None:
+    if max_chars is not None and len(text) > max_chars:
+        raise PromptTooLong(len(text), max_chars)
 
 
 def _pad_left(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -24,7 +24,9 @@ class SamplingParams:
     temperature 0 means greedy. `seed` makes sampling reproducible: each choice `i` of a
     request draws from its own generator seeded with `seed + i`. `logprobs` is the number of
     alternatives to report per token (None: no logprobs; 0: only the chosen token's).
-    `json_object` constrains decoding so the text is one JSON object.
+    `json_object` constrains decoding so the text is one JSON object. `logit_bias` holds
+    (token id, bias) pairs added to the model's logits before penalties and sampling (OpenAI's
+    `logit_bias`; -100 in effect bans a token, +100 forces it).
     """
 
     max_tokens: int = 16
@@ -37,6 +39,7 @@ class SamplingParams:
     logprobs: int | None = None
     json_object: bool = False
     ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)

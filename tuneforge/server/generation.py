@@ -7,8 +7,14 @@ step by step for streaming. Routes stay thin: they build the prompt ids and shap
 Limits enforced here (all 400 unless said otherwise): `max_tokens` <= `max_tokens_cap`;
 `n` <= `max_n`; at most `max_stop` stop sequences of at most `max_stop_chars` characters;
 prompt within `max_prompt_tokens` and, with `max_tokens`, within the model's context
-(`context_length_exceeded`); `top_logprobs` <= `max_logprobs`; a full queue is 429 with
-`Retry-After`; an unknown model is 404; a model still loading is 503.
+(`context_length_exceeded`); `top_logprobs` <= `max_logprobs`; `logit_bias` of at most
+300 token ids of the vocabulary, biases in [-100, 100]; a full queue is 429 with
+`Retry-After`; an unknown model is 404; a model still loading is 503. Fields TuneForge does
+not implement are refused (400, the field as `param`), never silently ignored.
+
+A prompt is measured in characters before it is tokenized: text longer than the token limit
+times the longest token of the vocabulary (or `max_prompt_chars`) cannot fit and is refused
+without touching the tokenizer, so a few huge prompts cannot hold up everyone else's.
 """
 
 from __future__ import annotations
@@ -24,14 +30,17 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from tuneforge.inference.engine import Engine, EngineError, QueueFull, RequestStream
+from tuneforge.inference.engine import Engine, EngineError, PromptTooLong, QueueFull, RequestStream
 from tuneforge.inference.params import Delta, GenerationRequest, SamplingParams, TokenLogprob
 from tuneforge.inference.registry import ModelEntry, ModelRegistry
 from tuneforge.server.auth import Principal
 from tuneforge.server.errors import APIError, bad_request, model_not_found
 from tuneforge.server.metrics import Metrics
 from tuneforge.server.settings import ServerSettings
+
+MAX_LOGIT_BIAS = 300  # entries, as OpenAI
 
 
 @dataclass
@@ -100,10 +109,58 @@ class GenerationHandler:
                 )
         return tuple(s for s in stops if s)
 
+    def prompt_cap(self, entry: ModelEntry) -> int:
+        """The most prompt tokens `entry` accepts."""
+        context = self.engine.context_length(entry)
+        return min(self.settings.max_prompt_tokens or context, context - 1)
+
+    def prompt_chars(self, entry: ModelEntry) -> int:
+        """The most prompt characters worth tokenizing: no longer text can fit the token cap."""
+        bound = self.prompt_cap(entry) * self.engine.max_token_chars(entry)
+        if self.settings.max_prompt_chars is not None:
+            bound = min(bound, self.settings.max_prompt_chars)
+        return bound
+
+    async def encode(self, entry: ModelEntry, text: str) -> list[int]:
+        """Token ids of a completion prompt, refused by its length before tokenizing."""
+
+        def run() -> list[int]:
+            return self.engine.encode(entry, text, max_chars=self.prompt_chars(entry))
+
+        try:
+            return await run_in_threadpool(run)
+        except PromptTooLong as err:
+            raise self._too_long(err, "prompt") from None
+
+    async def prepare_chat(
+        self, entry: ModelEntry, messages: list[dict[str, Any]], tools: list | None
+    ) -> list[int]:
+        """Prompt ids of a chat, refused by its rendered length before tokenizing."""
+
+        def run() -> list[int]:
+            return self.engine.prepare_chat(
+                entry, messages, tools, max_chars=self.prompt_chars(entry)
+            )
+
+        try:
+            return await run_in_threadpool(run)
+        except PromptTooLong as err:
+            raise self._too_long(err, "messages") from None
+        except ValueError as err:
+            raise bad_request(str(err), param="messages") from None
+
+    def _too_long(self, err: PromptTooLong, param: str) -> APIError:
+        return bad_request(
+            f"The prompt has {err.chars} characters, more than the {err.limit} that can fit "
+            "in this model's prompt token limit.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
     def max_tokens(self, entry: ModelEntry, requested: int | None, prompt_len: int) -> int:
         """The completion budget, after checking the prompt against the context."""
         context = self.engine.context_length(entry)
-        prompt_cap = min(self.settings.max_prompt_tokens or context, context - 1)
+        prompt_cap = self.prompt_cap(entry)
         if prompt_len > prompt_cap:
             raise bad_request(
                 f"The prompt has {prompt_len} tokens; this model accepts at most {prompt_cap}.",
@@ -126,6 +183,63 @@ class GenerationHandler:
                 code="context_length_exceeded",
             )
         return requested
+
+    def logit_bias(
+        self, entry: ModelEntry, bias: dict[str, float] | None
+    ) -> tuple[tuple[int, float], ...]:
+        """OpenAI's `logit_bias` as (token id, bias) pairs, each checked."""
+        if not bias:
+            return ()
+        if len(bias) > MAX_LOGIT_BIAS:
+            raise bad_request(
+                f"logit_bias may hold at most {MAX_LOGIT_BIAS} tokens", param="logit_bias"
+            )
+        vocab = self.engine.vocab_size(entry)
+        pairs = []
+        for key, value in bias.items():
+            # Canonical decimal only, so "7" and "07" cannot name one token twice (and a
+            # 5,000-digit key never reaches int()).
+            if not (key.isascii() and key.isdigit() and len(key) <= 12) or str(int(key)) != key:
+                raise bad_request(
+                    f"logit_bias keys must be token ids, got {key[:32]!r}", param="logit_bias"
+                )
+            if int(key) >= vocab:
+                raise bad_request(
+                    f"logit_bias: token id {key} is outside the vocabulary (size {vocab})",
+                    param="logit_bias",
+                )
+            if not -100 <= value <= 100:
+                raise bad_request(
+                    f"logit_bias values must be between -100 and 100, got {value}",
+                    param="logit_bias",
+                )
+            pairs.append((int(key), float(value)))
+        return tuple(pairs)
+
+    @staticmethod
+    def refuse_unsupported(body: Any) -> None:
+        """400 for any field the request carries that TuneForge does not implement.
+
+        Declared fields are either implemented or harmless metadata; anything else (OpenAI's
+        `functions`, `audio`, `reasoning_effort`, a vLLM `top_k`, a typo) would otherwise be
+        dropped without a word, and the caller would believe it took effect.
+        """
+        unknown = next(iter(body.model_extra or {}), None)
+        if unknown is not None:  # OpenAI's own wording for this error
+            raise bad_request(f"Unrecognized request argument supplied: {unknown}", param=unknown)
+        tools = getattr(body, "tools", None)
+        choice = getattr(body, "tool_choice", None)
+        if choice is not None and choice != "auto" and not (choice == "none" and not tools):
+            raise bad_request(
+                "tool_choice is not supported: tools are rendered into the prompt and the "
+                'model decides ("auto"); a required or named tool cannot be forced yet',
+                param="tool_choice",
+            )
+        if getattr(body, "parallel_tool_calls", None) is False:
+            raise bad_request(
+                "parallel_tool_calls=false is not supported: tool calls are not parsed yet",
+                param="parallel_tool_calls",
+            )
 
     def logprobs(self, k: int | None) -> None:
         if k is not None and k > self.settings.max_logprobs:

@@ -1,14 +1,22 @@
 """Pydantic schemas of the inference API, named by role (`ChatCompletionCreate` is what a
-client sends, `ChatCompletion` what it gets back). Shapes follow OpenAI's API reference;
-fields TuneForge does not act on (`user`, `metadata`, `store`, ...) are accepted and ignored,
-as the official client may send them.
+client sends, `ChatCompletion` what it gets back). Shapes follow OpenAI's API reference.
+
+Request fields fall in three groups: the ones TuneForge implements; metadata that cannot
+change a reply (`user`, `metadata`, `store`, `service_tier`, ...: accepted and ignored, as
+the official client may send them); and everything else, which the handler refuses with 400
+and the field as `param` (`GenerationHandler.refuse_unsupported`) rather than silently
+ignoring it. Numbers are strict: `max_tokens: true` is an error, not 1.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+# JSON numbers as they are: strict types refuse `true` (which lax pydantic reads as 1) and
+# `2.0` for an integer; a strict float still takes an integer.
+Float = Annotated[float, Field(strict=True)]
 
 # -- models -----------------------------------------------------------------------------------
 
@@ -35,7 +43,7 @@ class ModelDeleted(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class ResponseFormat(BaseModel):
@@ -44,25 +52,39 @@ class ResponseFormat(BaseModel):
 
 
 class _SamplingFields(BaseModel):
-    """Sampling parameters shared by chat and completions (ranges as in OpenAI's reference)."""
+    """Sampling parameters shared by chat and completions (ranges as in OpenAI's reference).
+
+    Unknown fields are kept (`model_extra`) so the handler can refuse them by name.
+    """
 
     model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1, max_length=512)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    n: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    temperature: Float | None = Field(None, ge=0.0, le=2.0)
+    top_p: Float | None = Field(None, gt=0.0, le=1.0)
+    n: StrictInt | None = Field(None, ge=1)
+    seed: StrictInt | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: Float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: Float | None = Field(None, ge=-2.0, le=2.0)
     stop: str | list[str] | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    stream: bool | None = False
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    logit_bias: dict[str, Float] | None = Field(
+        None,
+        description="Token id (as a string) -> bias in [-100, 100] added to its logit before "
+        "sampling; at most 300 entries.",
+    )
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
-    ignore_eos: bool = Field(
+    ignore_eos: StrictBool = Field(
         False, description="Keep generating past end-of-sequence tokens (vLLM's extension)."
     )
+    # Accepted and ignored: they describe the caller or OpenAI's billing, never the reply.
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: StrictBool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
 
 
 # -- chat --------------------------------------------------------------------------------------------
@@ -81,11 +103,17 @@ class ChatMessageIn(BaseModel):
 
 class ChatCompletionCreate(_SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool | None = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Rendered into the prompt by the chat template; calls are not parsed."
+    )
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description='Only "auto" (the default) and "none" without tools are accepted.'
+    )
+    parallel_tool_calls: StrictBool | None = Field(None, description="Only true is accepted.")
 
 
 class TopLogprob(BaseModel):
@@ -135,13 +163,13 @@ class ChatCompletion(BaseModel):
 
 
 class CompletionCreate(_SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]] = Field(
         description="One prompt: text or token ids (a list of one prompt is accepted too)."
     )
-    logprobs: int | None = Field(None, ge=0, le=5)
-    echo: bool | None = False
+    logprobs: StrictInt | None = Field(None, ge=0, le=5)
+    echo: StrictBool | None = False
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=1)
+    best_of: StrictInt | None = Field(None, ge=1)
 
 
 class CompletionLogprobs(BaseModel):

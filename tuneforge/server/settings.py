@@ -100,6 +100,13 @@ class ServerSettings(BaseModel):
     max_prompt_tokens: int | None = Field(
         None, ge=1, description="Longest prompt (default: the model's context length)."
     )
+    max_prompt_chars: int | None = Field(
+        None,
+        ge=1,
+        description="Longest prompt text in characters, refused (400) before it is tokenized. "
+        "Default: the prompt token limit times the longest token of the vocabulary, which no "
+        "prompt that fits can exceed.",
+    )
     max_logprobs: int = Field(20, ge=0, description="Largest top_logprobs accepted.")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 429.")
 

@@ -11,7 +11,6 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from tuneforge.inference.params import TokenLogprob
 from tuneforge.server.auth import CurrentPrincipal
@@ -83,12 +82,9 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, h
     handler.logprobs(body.top_logprobs)
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
-    try:
-        prompt_ids = await run_in_threadpool(
-            engine.prepare_chat, entry, _messages(body), body.tools
-        )
-    except ValueError as err:
-        raise bad_request(str(err), param="messages") from None
+    handler.refuse_unsupported(body)
+    prompt_ids = await handler.prepare_chat(entry, _messages(body), body.tools)
+    logit_bias = handler.logit_bias(entry, body.logit_bias)  # the vocabulary is loaded now
     requested = body.max_completion_tokens or body.max_tokens
     params = sampling_params(
         body,
@@ -96,6 +92,7 @@ async def create_chat_completion(body: ChatCompletionCreate, request: Request, h
         stop=stop,
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
         json_object=fmt == "json_object",
+        logit_bias=logit_bias,
     )
     stream = handler.submit(entry, prompt_ids, params, n, extra_eos=engine.chat_stop_ids(entry))
     envelope = Envelope("chat.completion", new_id("chatcmpl"), int(time.time()), entry.id)

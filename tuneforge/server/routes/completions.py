@@ -62,20 +62,24 @@ async def create_completion(body: CompletionCreate, request: Request, handler: H
     handler.logprobs(body.logprobs)
     if body.stream_options is not None and not body.stream:
         raise bad_request("stream_options is only allowed with stream=true", param="stream_options")
+    handler.refuse_unsupported(body)
     prompt = _single_prompt(body.prompt)
     if isinstance(prompt, str):
-        prompt_ids = await run_in_threadpool(engine.encode, entry, prompt)
+        prompt_ids = await handler.encode(entry, prompt)
         prompt_text = prompt
     else:
         prompt_ids = prompt
-        if any(t < 0 or t >= engine.vocab_size(entry) for t in prompt_ids):
+        vocab = await run_in_threadpool(engine.vocab_size, entry)  # may read the tokenizer
+        if any(t < 0 or t >= vocab for t in prompt_ids):
             raise bad_request("prompt contains token ids outside the vocabulary", param="prompt")
         prompt_text = engine.decode(entry, prompt_ids) if body.echo else ""
+    logit_bias = handler.logit_bias(entry, body.logit_bias)
     params = sampling_params(
         body,
         max_tokens=handler.max_tokens(entry, body.max_tokens, len(prompt_ids)),
         stop=stop,
         logprobs=body.logprobs,
+        logit_bias=logit_bias,
     )
     stream = handler.submit(entry, prompt_ids, params, n)
     envelope = Envelope("text_completion", new_id("cmpl"), int(time.time()), entry.id)
