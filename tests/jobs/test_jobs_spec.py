@@ -14,6 +14,7 @@ import time
 
 import pytest
 from jobs_data import write_chat
+from pydantic import BaseModel
 
 from tuneforge.jobs import InvalidRequest, JobCreate, Worker
 from tuneforge.jobs.failures import public_message
@@ -79,6 +80,25 @@ def test_only_allowlisted_settings_pass_and_every_refusal_is_listed(store, train
         ),
     )
     assert job.train_overrides["lora.r"] == 8 and job.train_overrides["optim.max_steps"] == 100
+
+
+def test_every_allowlisted_key_is_a_config_key_and_none_is_reserved():
+    from tuneforge.jobs.limits import CLIENT_KEYS
+    from tuneforge.jobs.spec import RESERVED_KEYS
+    from tuneforge.training.config import TrainConfig
+
+    def keys(model, prefix=""):
+        for name, field in model.model_fields.items():
+            sub = field.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                yield from keys(sub, f"{prefix}{name}.")
+            else:
+                yield prefix + name
+
+    config_keys = set(keys(TrainConfig))
+    assert config_keys >= CLIENT_KEYS, CLIENT_KEYS - config_keys  # a renamed key is caught
+    assert not CLIENT_KEYS & set(RESERVED_KEYS)
+    assert "model.trust_remote_code" in config_keys - CLIENT_KEYS
 
 
 # ---------------------------------------------------------------- caps
