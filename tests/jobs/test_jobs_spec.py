@@ -291,3 +291,26 @@ def test_public_message_cuts_paths_and_tracebacks():
     text = 'Traceback (most recent call last):\n  File "/usr/x.py"\nKeyError: /a/b/c'
     assert public_message(text) == "KeyError: c"
     assert len(public_message("x" * 5000)) <= 500
+
+
+def test_a_chat_template_problem_is_the_training_files_not_a_crash(tiny_tokenizer):
+    import copy
+
+    from tuneforge.jobs.failures import describe
+    from tuneforge.tokenize.encode import encode
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    # Renders the message count first: successive turns are not prefixes of each other.
+    tokenizer.chat_template = (
+        "{{ messages | length }}{% for m in messages %}<|im_start|>{{ m.role }}\n"
+        "{{ m.content }}<|im_end|>\n{% endfor %}"
+    )
+    example = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    }
+    with pytest.raises(ValueError) as raised:
+        encode(example, tokenizer)
+    err = describe(raised.value, {"data.train": "/srv/data/files/file-x.jsonl"})
+    assert err["code"] == "invalid_training_file" and err["param"] == "training_file"
+    assert err["message"].startswith("The training data could not be tokenized: ")
+    assert "Traceback" not in err["message"] and "/srv" not in err["message"]
