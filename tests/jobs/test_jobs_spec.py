@@ -125,8 +125,8 @@ def test_costly_settings_are_capped_all_at_once(store, train_file):
     ):
         assert expected in message, message
     assert refused.value.param == "method.supervised.tuneforge.optim.max_steps"
-    # OpenAI's own hyperparameters are held to the same caps.
-    with pytest.raises(InvalidRequest, match=r"optim\.epochs: at most 100 "):
+    # OpenAI's own hyperparameters are held to the same caps, and named as sent.
+    with pytest.raises(InvalidRequest, match=r"optim\.epochs: at most 100 ") as refused:
         store.create_job(
             "org-a",
             JobCreate(
@@ -135,6 +135,15 @@ def test_costly_settings_are_capped_all_at_once(store, train_file):
                 hyperparameters={"n_epochs": 1000},
             ),
         )
+    assert refused.value.param == "hyperparameters.n_epochs"
+
+
+def test_a_refusal_shows_no_server_path(store, train_file):
+    store.file_path(train_file).unlink()  # gone from disk behind the store's back
+    with pytest.raises(InvalidRequest) as refused:
+        store.create_job("org-a", _request(train_file.id))
+    assert "data.train: file not found" in refused.value.message
+    assert str(store.data_dir) not in refused.value.message
 
 
 def test_the_caps_are_the_operators(store, train_file):

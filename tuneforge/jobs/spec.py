@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneforge.jobs.errors import InvalidRequest
+from tuneforge.jobs.failures import public_message
 from tuneforge.jobs.limits import CLIENT_KEYS, JobLimits, key_problems
 
 Auto = Literal["auto"]
@@ -165,13 +166,21 @@ def tuneforge_overrides(req: JobCreate) -> dict[str, Any]:
     return _flatten(ext or {})
 
 
-def _refuse(problems: list[str]) -> InvalidRequest:
-    """One 400 listing every problem; `param` names the first offending setting."""
-    first = problems[0].split(":", 1)[0]
-    known = first and " " not in first and first != "<config>"
+def _refuse(problems: list[str], params: dict[str, str]) -> InvalidRequest:
+    """One 400 listing every problem; `param` names the first problem's setting as the client
+    sent it (`params`: dotted key -> request path), else the extension as a whole.
+
+    Problems of the settings the job fills in could name server paths: they are cut to
+    their last part, as in a failed job's error.
+    """
+    problems = [public_message(p) for p in problems]
+    param = next(
+        (params[k] for k in (p.split(":", 1)[0] for p in problems) if k in params),
+        "method.supervised.tuneforge",
+    )
     return InvalidRequest(
         "Invalid training settings: " + "; ".join(problems),
-        param=f"method.supervised.tuneforge.{first}" if known else "method.supervised.tuneforge",
+        param=param,
         code="invalid_tuneforge_config",
     )
 
@@ -229,6 +238,12 @@ def plan_training(
                 param="method.supervised.tuneforge",
                 code="invalid_tuneforge_config",
             )
+    # Where each setting came from in the request, for the `param` of a refusal.
+    params = {k: f"method.supervised.tuneforge.{k}" for k in ext}
+    hp_path = "hyperparameters" if req.hyperparameters else "method.supervised.hyperparameters"
+    for name, key in clash.items():
+        if getattr(hp, name) != "auto":
+            params[key] = f"{hp_path}.{name}"
     if hp.n_epochs != "auto":
         overrides["optim.epochs"] = hp.n_epochs
     if hp.batch_size != "auto":
@@ -263,7 +278,7 @@ def plan_training(
     # become), else on the numbers as sent; hyperparameters count as their config keys.
     problems += limits.config_problems(overrides, cfg)
     if problems:
-        raise _refuse(problems)
+        raise _refuse(problems, params)
     return {k: v for k, v in overrides.items() if v is not None}
 
 
