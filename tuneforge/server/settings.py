@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tuneforge.jobs.limits import JobLimits
 
 ENV_PREFIX = "TUNEFORGE_"
+_JOB = JobLimits()  # the defaults of the job caps below (tuneforge.jobs.limits owns them)
 
 
 class ServerSettings(BaseModel):
@@ -66,27 +67,37 @@ class ServerSettings(BaseModel):
     )
 
     # -- what one job may cost, and per-organization quotas (tuneforge.jobs.limits) ----------
-    job_max_steps: int = Field(100_000, ge=1, description="Largest optim.max_steps of a job.")
-    job_max_epochs: int = Field(100, ge=1, description="Largest n_epochs / optim.epochs.")
+    job_max_steps: int = Field(
+        _JOB.max_steps, ge=1, description="Largest optim.max_steps of a job."
+    )
+    job_max_epochs: int = Field(
+        _JOB.max_epochs, ge=1, description="Largest n_epochs / optim.epochs."
+    )
     job_max_batch_size: int = Field(
-        1024, ge=1, description="Largest batch_size, optim.grad_accum and eval.batch_size."
+        _JOB.max_batch_size,
+        ge=1,
+        description="Largest batch_size, optim.grad_accum and eval.batch_size.",
     )
     job_max_length: int = Field(
-        32_768, ge=8, description="Largest data.max_length (tokens per sequence)."
+        _JOB.max_length, ge=8, description="Largest data.max_length (tokens per sequence)."
     )
-    job_max_lora_r: int = Field(256, ge=1, description="Largest lora.r.")
-    job_max_keep_last: int = Field(10, ge=1, description="Largest checkpoint.keep_last.")
+    job_max_lora_r: int = Field(_JOB.max_lora_r, ge=1, description="Largest lora.r.")
+    job_max_keep_last: int = Field(
+        _JOB.max_keep_last, ge=1, description="Largest checkpoint.keep_last."
+    )
     job_max_wall_s: float = Field(
-        86_400.0,
+        _JOB.max_wall_s,
         gt=0,
         description="Wall-clock limit of one run of a job, in seconds: past it the worker "
         "stops training and the job fails (code wall_clock_limit_exceeded).",
     )
     org_max_active_jobs: int = Field(
-        16, ge=1, description="Jobs an organization may have validating, queued or running (429)."
+        _JOB.max_active_jobs,
+        ge=1,
+        description="Jobs an organization may have validating, queued or running (429).",
     )
     org_max_file_bytes: int = Field(
-        100 * 1024**3, ge=0, description="Bytes of files an organization may store (429)."
+        _JOB.max_file_bytes, ge=0, description="Bytes of files an organization may store (429)."
     )
 
     # -- who may call ------------------------------------------------------------------------
