@@ -587,6 +587,13 @@ def worker(
         "--prewarm/--no-prewarm",
         help="Keep a training process with torch imported ready for the next job.",
     ),
+    max_job_seconds: float | None = typer.Option(
+        None,
+        "--max-job-seconds",
+        min=1,
+        help="Wall-clock limit of one run of a job; past it training stops and the job fails "
+        "(default 86400).",
+    ),
 ) -> None:
     """Run fine-tuning jobs from the store, one at a time (Ctrl-C re-queues the current job)."""
     import logging
@@ -599,7 +606,12 @@ def worker(
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    w = Worker(JobStore.open(data_dir, database_url), lease_s=lease_seconds, prewarm=prewarm)
+    w = Worker(
+        JobStore.open(data_dir, database_url),
+        lease_s=lease_seconds,
+        prewarm=prewarm,
+        max_wall_s=max_job_seconds,
+    )
     err_console.print(f"worker {w.worker_id} on {data_dir}", highlight=False)
     w.run(stop, once=once)
 

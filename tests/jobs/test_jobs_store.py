@@ -96,12 +96,12 @@ def test_create_job_maps_hyperparameters_and_extension(store, upload, tmp_path):
         (
             {"type": "supervised", "supervised": {"tuneforge": {"lora": {"r": 0}, "nope": 1}}},
             r"lora\.r: .*; nope: unknown key",
-            "method.supervised.tuneforge",
+            "method.supervised.tuneforge.lora.r",
         ),
         (
             {"type": "supervised", "supervised": {"tuneforge": {"output": {"dir": "/etc"}}}},
-            "may not set: output.dir",
-            "method.supervised.tuneforge",
+            "output.dir: set by the job's output folder",
+            "method.supervised.tuneforge.output.dir",
         ),
     ],
 )

@@ -305,3 +305,89 @@ def test_pause_resume_and_cancel_a_running_job(api):
     assert f"Fine-tuning job paused at step {paused_step}" in messages
     assert f"Fine-tuning job resumed from the checkpoint at step {paused_step}" in messages
     assert messages[-1] == "Fine-tuning job cancelled"
+
+
+def test_job_settings_are_allowlisted_capped_and_quotas_answer_429(model_store, tmp_path):
+    running = _start(
+        model_store,
+        tmp_path,
+        worker=False,
+        job_max_steps=50,
+        org_max_active_jobs=1,
+        org_max_file_bytes=3 * len(chat_jsonl(12)) - 1,
+    )
+    try:
+        a, b = client_for(running, "sk-org-a"), client_for(running, "sk-org-b")
+        good = a.files.create(file=("train.jsonl", chat_jsonl(12)), purpose="fine-tune")
+
+        def create(client, file_id, **tuneforge):
+            return client.fine_tuning.jobs.create(
+                model="tiny-llama",
+                training_file=file_id,
+                method={"type": "supervised", "supervised": {"tuneforge": tuneforge}},
+            )
+
+        # The server's switch stays the server's: 400 naming the setting.
+        with pytest.raises(openai.BadRequestError) as refused:
+            create(a, good.id, model={"trust_remote_code": True})
+        assert refused.value.param == "method.supervised.tuneforge.model.trust_remote_code"
+        assert refused.value.code == "invalid_tuneforge_config"
+        # Every costly setting is refused at once, against the operator's caps.
+        with pytest.raises(openai.BadRequestError) as refused:
+            create(
+                a,
+                good.id,
+                optim={"max_steps": 10**9, "epochs": 10**6},
+                data={"max_length": 10**9},
+                lora={"r": 10**6},
+                checkpoint={"keep_last": 10**6, "save_every": 1},
+                freeze={"patterns": ["(a+)+$"]},
+            )
+        message = refused.value.message
+        assert "optim.max_steps: at most 50 on this server" in message
+        for key in ("optim.epochs", "data.max_length", "lora.r", "checkpoint.keep_last"):
+            assert f"{key}: at most" in message
+        assert "(a+)+$' nests a repeat inside a repeat" in message
+        with pytest.raises(openai.BadRequestError, match="at most 50"):
+            create(a, good.id, optim={"max_steps": 51})
+        job = create(a, good.id, optim={"max_steps": 50})
+
+        # One active job per organization here: the next is refused (429, not retried).
+        with pytest.raises(openai.RateLimitError) as limited:
+            create(a, good.id)
+        assert limited.value.code == "rate_limit_exceeded"
+        assert limited.value.response.headers["x-should-retry"] == "false"
+        assert "1 active fine-tuning jobs" in limited.value.message
+        other = b.files.create(file=("train.jsonl", chat_jsonl(12)), purpose="fine-tune")
+        create(b, other.id)  # another organization's quota
+        a.fine_tuning.jobs.cancel(job.id)
+        create(a, good.id)  # a finished job frees its slot
+
+        # Stored bytes: the third file of this size is over the quota.
+        a.files.create(file=("two.jsonl", chat_jsonl(12)), purpose="fine-tune")
+        with pytest.raises(openai.RateLimitError) as over:
+            a.files.create(file=("three.jsonl", chat_jsonl(12)), purpose="fine-tune")
+        assert over.value.code == "insufficient_quota" and "Storage quota" in over.value.message
+        assert len(a.files.list().data) == 2
+    finally:
+        stop_server(running)
+
+
+def test_untrainable_data_fails_the_job_with_a_clear_error_and_no_paths(api):
+    client = client_for(api)
+    # Valid at upload; but every example is longer than 8 tokens, so training drops them all.
+    f = client.files.create(file=("train.jsonl", chat_jsonl(12)), purpose="fine-tune")
+    assert f.status == "processed", f.status_details
+    job = client.fine_tuning.jobs.create(
+        model="tiny-llama", training_file=f.id, method=_method(1, 2, data={"max_length": 8})
+    )
+    failed = wait_for(client, job.id, {"failed"})
+    assert failed.error.code == "invalid_training_file"
+    assert failed.error.param == "training_file"
+    assert "data.max_length = 8" in failed.error.message
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    shown = [failed.error.message] + [e.message for e in events]
+    shown += [json.dumps(e.data) for e in events if e.data]
+    data_dir = str(api.settings.data_dir)
+    assert not [m for m in shown if "Traceback" in m or data_dir in m or "/" in m], shown
+    assert events[0].message.startswith("Fine-tuning job failed: No example")

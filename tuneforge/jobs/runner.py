@@ -8,7 +8,8 @@ Reads `JOB_DIR/overrides.json` (TrainConfig overrides written by the worker), ru
 recipe, and writes two small files the worker reads:
 
 - `JOB_DIR/run.json` once setup is done: total steps and the resolved hyperparameters;
-- `JOB_DIR/result.json` at the end: status (completed / stopped / failed) and an error.
+- `JOB_DIR/result.json` at the end: status (completed / stopped / failed) and, on failure,
+  the job's `error` object (`tuneforge.jobs.failures`: code, message, param; no paths).
 
 Exit status: 0 completed, 130 stopped on SIGTERM/SIGINT (after a checkpoint: the loop checks
 the request at every step), 1 failed. The process dies with its worker: on Linux through
@@ -124,12 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             recipe.cleanup()
     except Exception as err:  # report any failure to the worker, then exit non-zero
+        from tuneforge.jobs.failures import describe
+
+        # The traceback goes to the job's log (the operator's); the client gets `error`, an
+        # OpenAI-shaped object without paths or traceback.
         buf = io.StringIO()
         traceback.print_exc(file=buf)
         sys.stderr.write(buf.getvalue())
-        problems = getattr(err, "problems", None)
-        message = "; ".join(problems) if problems else f"{type(err).__name__}: {err}"
-        _write(result_path, {"status": "failed", "error": message})
+        try:
+            overrides = json.loads((job_dir / "overrides.json").read_text())
+        except (OSError, ValueError):
+            overrides = {}
+        _write(result_path, {"status": "failed", "error": describe(err, overrides)})
         return 1
     _write(
         result_path,

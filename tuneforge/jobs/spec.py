@@ -2,11 +2,13 @@
 
 `JobCreate` is OpenAI's request body (`model`, `training_file`, `validation_file`, `suffix`,
 `seed`, `metadata`, `method`, the deprecated top-level `hyperparameters`, `integrations`)
-plus TuneForge's own settings in `method.supervised.tuneforge`: any key of `TrainConfig`
-except those the job decides itself (model, data files, output folder, resume, seed), nested
-(`{"lora": {"r": 8}}`) or dotted (`{"lora.r": 8}`). `plan_training` turns a request into
-`TrainConfig` overrides and validates them with the same `load_config` as `tuneforge train`,
-so a bad setting is refused when the job is created, with every problem listed.
+plus TuneForge's own settings in `method.supervised.tuneforge`: the `TrainConfig` keys of an
+allowlist (`tuneforge.jobs.limits.CLIENT_KEYS`: hyperparameters and model surgery; never
+the model, data or output locations, resuming, the seed or `model.trust_remote_code`),
+nested (`{"lora": {"r": 8}}`) or dotted (`{"lora.r": 8}`), within the server's caps
+(`JobLimits`). `plan_training` turns a request into `TrainConfig` overrides and validates
+them with the same `load_config` as `tuneforge train`, so a bad setting is refused when the
+job is created, with every problem listed at once.
 
 OpenAI's hyperparameters map onto the config: `n_epochs` -> optim.epochs, `batch_size` ->
 optim.batch_size, `learning_rate_multiplier` -> optim.lr = multiplier x the method's default
@@ -22,6 +24,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tuneforge.jobs.errors import InvalidRequest
+from tuneforge.jobs.failures import public_message
+from tuneforge.jobs.limits import CLIENT_KEYS, JobLimits, key_problems
 
 Auto = Literal["auto"]
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -29,7 +33,7 @@ SUFFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # overrides it).
 DEFAULT_EVAL_EVERY = 10
 
-# Config keys the job sets itself; the extension may not override them.
+# Config keys the job sets itself (named in the refusal: the client sets them elsewhere).
 RESERVED_KEYS = {
     "model.name_or_path": "the job's `model`",
     "data.train": "`training_file`",
@@ -76,9 +80,9 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters | None = None
     tuneforge: dict[str, Any] | None = Field(
         None,
-        description="TuneForge settings: any TrainConfig key (nested or dotted) except the "
-        "ones the job sets, e.g. {'method': 'lora', 'lora': {'r': 8}, 'optim': {'max_steps': "
-        "100}, 'early_stop': {'patience': 3}}.",
+        description="TuneForge settings: TrainConfig keys (nested or dotted) of the API's "
+        "allowlist, within the server's caps, e.g. {'method': 'lora', 'lora': {'r': 8}, "
+        "'optim': {'max_steps': 100}, 'early_stop': {'patience': 3}}.",
     )
 
 
@@ -132,7 +136,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty section sets nothing
             flat.update(_flatten(value, dotted + "."))
         else:
             flat[dotted] = value
@@ -156,17 +160,29 @@ def effective_hyperparameters(req: JobCreate) -> Hyperparameters:
 
 
 def tuneforge_overrides(req: JobCreate) -> dict[str, Any]:
-    """The extension settings as dotted TrainConfig keys; reserved keys are refused."""
+    """The extension settings as dotted TrainConfig keys (not yet checked: see
+    `plan_training`)."""
     ext = req.method.supervised.tuneforge if req.method and req.method.supervised else None
-    flat = _flatten(ext or {})
-    bad = [f"{k} (set by {RESERVED_KEYS[k]})" for k in flat if k in RESERVED_KEYS]
-    if bad:
-        raise InvalidRequest(
-            "method.supervised.tuneforge may not set: " + ", ".join(bad),
-            param="method.supervised.tuneforge",
-            code="invalid_tuneforge_config",
-        )
-    return flat
+    return _flatten(ext or {})
+
+
+def _refuse(problems: list[str], params: dict[str, str]) -> InvalidRequest:
+    """One 400 listing every problem; `param` names the first problem's setting as the client
+    sent it (`params`: dotted key -> request path), else the extension as a whole.
+
+    Problems of the settings the job fills in could name server paths: they are cut to
+    their last part, as in a failed job's error.
+    """
+    problems = [public_message(p) for p in problems]
+    param = next(
+        (params[k] for k in (p.split(":", 1)[0] for p in problems) if k in params),
+        "method.supervised.tuneforge",
+    )
+    return InvalidRequest(
+        "Invalid training settings: " + "; ".join(problems),
+        param=param,
+        code="invalid_tuneforge_config",
+    )
 
 
 def check_method(req: JobCreate) -> None:
@@ -191,17 +207,24 @@ def plan_training(
     valid_path: Path | None,
     output_dir: Path,
     seed: int,
+    limits: JobLimits | None = None,
 ) -> dict[str, Any]:
-    """TrainConfig overrides (dotted keys) for a job, validated by `load_config`.
+    """TrainConfig overrides (dotted keys) for a job, validated by `load_config` and held to
+    `limits` (the server's caps; defaults when None).
 
-    Raises `InvalidRequest` listing every problem of the resulting config.
+    Raises `InvalidRequest` listing every problem at once: settings outside the allowlist,
+    invalid values, caps exceeded.
     """
     from tuneforge.training.config import ConfigError, auto_lr, load_config
 
+    limits = limits or JobLimits()
     check_method(req)
     hp = effective_hyperparameters(req)
     ext = tuneforge_overrides(req)
-    overrides: dict[str, Any] = dict(ext)
+    refused = key_problems(ext, RESERVED_KEYS)
+    problems: list[str] = []
+    # Only allowed keys go on to validation: a refused key is reported once, as refused.
+    overrides: dict[str, Any] = {k: v for k, v in ext.items() if k in CLIENT_KEYS}
     clash = {
         "n_epochs": "optim.epochs",
         "batch_size": "optim.batch_size",
@@ -215,6 +238,12 @@ def plan_training(
                 param="method.supervised.tuneforge",
                 code="invalid_tuneforge_config",
             )
+    # Where each setting came from in the request, for the `param` of a refusal.
+    params = {k: f"method.supervised.tuneforge.{k}" for k in ext}
+    hp_path = "hyperparameters" if req.hyperparameters else "method.supervised.hyperparameters"
+    for name, key in clash.items():
+        if getattr(hp, name) != "auto":
+            params[key] = f"{hp_path}.{name}"
     if hp.n_epochs != "auto":
         overrides["optim.epochs"] = hp.n_epochs
     if hp.batch_size != "auto":
@@ -239,14 +268,17 @@ def plan_training(
             "seed": seed,
         }
     )
+    cfg = None
     try:
-        load_config(None, overrides)
+        cfg = load_config(None, overrides)
     except ConfigError as err:
-        raise InvalidRequest(
-            "Invalid training settings: " + "; ".join(err.problems),
-            param="method.supervised.tuneforge",
-            code="invalid_tuneforge_config",
-        ) from None
+        problems += err.problems
+    problems += refused
+    # Caps on the typed config when it validated (so "1e9" or 1e9 count as the int they
+    # become), else on the numbers as sent; hyperparameters count as their config keys.
+    problems += limits.config_problems(overrides, cfg)
+    if problems:
+        raise _refuse(problems, params)
     return {k: v for k, v in overrides.items() if v is not None}
 
 

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tuneforge.jobs import db
 from tuneforge.jobs.db import File, IdempotencyKey, Job, JobCheckpoint, JobEvent, Model
 from tuneforge.jobs.errors import Conflict, InvalidRequest, NotFound
+from tuneforge.jobs.limits import JobLimits, QuotaExceeded
 from tuneforge.jobs.spec import JobCreate, check_method, effective_hyperparameters, plan_training
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -100,6 +101,8 @@ class JobStore:
         sqlite = self.url.startswith("sqlite")
         self.read_engine = db.make_engine(self.url, writer=False) if sqlite else self.engine
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
+        # Caps and per-organization quotas of jobs and files (the server sets its own).
+        self.limits = JobLimits()
 
     @classmethod
     def open(cls, data_dir: str | Path = "tuneforge-data", url: str | None = None) -> JobStore:
@@ -145,6 +148,7 @@ class JobStore:
         `fine-tune` files are validated with the data pipeline's checks: status `processed`,
         or `error` with the problems (line numbers) in `status_details` and `report`.
         """
+        self.admit_upload(org_id, purpose, source)
         if purpose not in FILE_PURPOSES:
             raise InvalidRequest(
                 f"purpose must be one of {', '.join(FILE_PURPOSES)} (got {purpose!r})",
@@ -174,6 +178,30 @@ class JobStore:
             self._ensure_org(s, org_id)
             s.add(row)
         return row
+
+    def admit_upload(self, org_id: str, purpose: str, source: Path) -> None:
+        """Refuse (and delete) an upload that would take `org_id` past its storage quota.
+
+        Files the jobs write (purpose fine-tune-results) are always kept: a finished job
+        must not fail for its small results file.
+        """
+        if purpose == "fine-tune-results":
+            return
+        size = source.stat().st_size
+        with self.reading() as s:
+            used = s.scalar(
+                select(func.coalesce(func.sum(File.bytes), 0)).where(File.org_id == org_id)
+            )
+        quota = self.limits.max_file_bytes
+        if used + size > quota:
+            source.unlink(missing_ok=True)
+            raise QuotaExceeded(
+                f"Storage quota exceeded: this organization stores {used} bytes of files and "
+                f"the limit is {quota} bytes ({size} more were sent). Delete files you no "
+                "longer need (DELETE /v1/files/{file_id}) and upload again.",
+                param="file",
+                code="insufficient_quota",
+            )
 
     def get_file(self, org_id: str, file_id: str) -> File:
         with self.reading() as s:
@@ -360,6 +388,7 @@ class JobStore:
             if existing is not None:
                 return existing
         check_method(req)
+        self._admit_job(org_id)
         if req.integrations:
             raise InvalidRequest(
                 "integrations are not supported: TuneForge logs every metric to the job's "
@@ -395,6 +424,7 @@ class JobStore:
             valid_path=self.file_path(valid) if valid else None,
             output_dir=self.job_dir(job_id) / "output",
             seed=seed,
+            limits=self.limits,
         )
         hyper = effective_hyperparameters(req).model_dump()
         supervised: dict[str, Any] = {"hyperparameters": hyper}
@@ -448,6 +478,28 @@ class JobStore:
             raise
         self.job_dir(job_id).mkdir(parents=True, exist_ok=True)
         return job
+
+    def _admit_job(self, org_id: str) -> None:
+        """Refuse a new job while `org_id` has `limits.max_active_jobs` jobs not yet done
+        (validating, queued or running: all of them wait for or hold a worker).
+
+        A check before the insert, not a lock: two requests at once may both pass, so the
+        quota can be overshot by the number of concurrent creates, never by more.
+        """
+        most = self.limits.max_active_jobs
+        with self.reading() as s:
+            active = s.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.org_id == org_id, Job.status.in_(ACTIVE))
+            )
+        if active >= most:
+            raise QuotaExceeded(
+                f"This organization has {active} active fine-tuning jobs (validating, queued "
+                f"or running), the most this server allows at once ({most}). Wait for one to "
+                "finish, or cancel one, then create the job again.",
+                code="rate_limit_exceeded",
+            )
 
     def _idempotent_job(self, org_id: str, key: str, request_hash: str) -> Job | None:
         with self.session() as s:

@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.jobs.db import Job
+from tuneforge.jobs.failures import error as job_error
+from tuneforge.jobs.limits import JobLimits, training_environment
 from tuneforge.jobs.store import JobStore, new_id
 
 log = logging.getLogger("tuneforge.jobs.worker")
@@ -106,6 +108,7 @@ class Worker:
         env: dict[str, str] | None = None,
         prewarm: bool = True,
         command: list[str] | None = None,
+        max_wall_s: float | None = None,
     ):
         self.store = store
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -115,6 +118,8 @@ class Worker:
         self.stop_grace_s = stop_grace_s
         self.env = env
         self.prewarm = prewarm
+        # Wall-clock limit of one run of a job (JobLimits.max_wall_s unless given).
+        self.max_wall_s = max_wall_s if max_wall_s is not None else JobLimits().max_wall_s
         # The runner's argv before JOB_DIR (tests substitute a stand-in for training).
         self.command = command or [python, "-m", "tuneforge.jobs.runner"]
         self.stop_event = threading.Event()
@@ -144,13 +149,15 @@ class Worker:
                 self.run_job(job)
             except Exception as err:  # keep serving other jobs; the job itself is failed
                 log.exception("job %s crashed the worker loop", job.id)
+                # The client sees the exception's type only; the traceback is in the log.
+                msg = f"Internal error in the worker ({type(err).__name__})"
                 self.store.finish_job(
                     job.id,
                     self.worker_id,
                     "failed",
-                    f"Internal error in the worker: {err}",
+                    msg,
                     level="error",
-                    error={"code": "internal_error", "message": str(err), "param": None},
+                    error=job_error("internal_error", msg),
                 )
 
     def start_thread(self) -> threading.Thread:
@@ -234,7 +241,9 @@ class Worker:
 
     def _spawn(self, job_dir: Path | None, log_path: Path | None) -> subprocess.Popen:
         """Start a runner for `job_dir`, or (None) a standby runner waiting on stdin."""
-        env = dict(os.environ if self.env is None else self.env)
+        # Training runs client-chosen settings: it gets no server secret (API keys, database
+        # credentials), whatever the worker's own environment holds.
+        env = training_environment(dict(os.environ if self.env is None else self.env))
         env[PARENT_ENV] = str(os.getpid())
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         args = [*self.command, str(job_dir or "--standby")]
@@ -287,8 +296,9 @@ class Worker:
         total_steps: int | None = job.total_steps
         run_seen = False
         signalled_at: float | None = None
-        reason: str | None = None  # "cancel", "pause", "shutdown"
+        reason: str | None = None  # "cancel", "pause", "shutdown", "timeout"
         last_beat = 0.0
+        deadline = time.monotonic() + self.max_wall_s  # this run's wall-clock limit
         # Heartbeats also carry cancel / pause requests, so beat at least every second.
         beat_every = max(0.2, min(self.lease_s / 3, 1.0))
         while True:
@@ -321,6 +331,8 @@ class Worker:
                     reason = control
                 if reason is None and self.stop_event.is_set():
                     reason = "shutdown"
+                if reason is None and now > deadline:
+                    reason = "timeout"
                 if reason is not None and signalled_at is None:
                     _kill(proc, signal.SIGTERM)
                     signalled_at = now
@@ -366,19 +378,33 @@ class Worker:
         step = _latest_step(out_dir) or 0
         if rc == 0:
             return self._succeed(job, out_dir, result)
+        if reason == "timeout":
+            msg = (
+                f"The job ran past this server's wall-clock limit of {self.max_wall_s:g} "
+                f"seconds and was stopped at step {step}. Lower optim.max_steps or n_epochs."
+            )
+            err = job_error("wall_clock_limit_exceeded", msg)
+            store.finish_job(job.id, me, "failed", msg, level="error", error=err)
+            return "failed"
         if result.get("status") == "failed" or (rc not in (130, -15, -9) and reason is None):
-            message = result.get("error") or f"training exited with status {rc}"
-            tail_log = _log_tail(job_dir / "logs" / f"attempt-{job.attempts}.log")
+            err = _failure(result.get("error"), rc)
+            # The log's last lines (traceback, paths) are for the operator, not the events.
+            log_path = job_dir / "logs" / f"attempt-{job.attempts}.log"
+            log.error(
+                "job %s failed (%s); log %s:\n%s",
+                job.id,
+                err["code"],
+                log_path,
+                _log_tail(log_path),
+            )
             store.finish_job(
                 job.id,
                 me,
                 "failed",
-                f"Fine-tuning job failed: {message}",
+                f"Fine-tuning job failed: {err['message']}",
                 level="error",
-                error={"code": "training_failed", "message": message, "param": None},
+                error=err,
             )
-            if tail_log:
-                store.add_event(job.id, "Training log (last lines):\n" + tail_log, level="error")
             return "failed"
         if reason == "cancel":
             store.finish_job(job.id, me, "cancelled", "Fine-tuning job cancelled")
@@ -446,6 +472,22 @@ def _latest_step(out_dir: Path) -> int | None:
 def _kill(proc: subprocess.Popen, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         proc.send_signal(sig)
+
+
+def _failure(reported: Any, rc: int) -> dict[str, Any]:
+    """The job's `error` from what the runner wrote (an error object; a plain message from a
+    stand-in runner) or, with nothing written, from its exit status."""
+    if isinstance(reported, dict) and reported.get("message"):
+        return job_error(
+            str(reported.get("code") or "training_failed"),
+            str(reported["message"]),
+            reported.get("param"),
+        )
+    if isinstance(reported, str) and reported:
+        return job_error("training_failed", reported)
+    if rc < 0:
+        return job_error("training_failed", f"The training process was killed (signal {-rc}).")
+    return job_error("training_failed", f"Training exited with status {rc}.")
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:

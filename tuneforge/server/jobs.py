@@ -21,6 +21,7 @@ from fastapi import Depends, FastAPI, Request
 
 from tuneforge.inference.registry import ModelEntry, NotDeletable
 from tuneforge.jobs.errors import StoreError
+from tuneforge.jobs.limits import JobLimits
 from tuneforge.jobs.store import JobStore
 from tuneforge.jobs.worker import Worker
 from tuneforge.server.errors import APIError
@@ -31,9 +32,10 @@ log = logging.getLogger("tuneforge.server")
 class JobsState:
     """The store (opened on first use), and the in-process worker if any."""
 
-    def __init__(self, data_dir: Path, url: str | None = None):
+    def __init__(self, data_dir: Path, url: str | None = None, limits: JobLimits | None = None):
         self.data_dir = Path(data_dir)
         self.url = url
+        self.limits = limits or JobLimits()
         self._store: JobStore | None = None
         self._lock = threading.Lock()
         self.worker: Worker | None = None
@@ -47,6 +49,7 @@ class JobsState:
         with self._lock:
             if self._store is None:
                 self._store = JobStore.open(self.data_dir, self.url)
+                self._store.limits = self.limits  # the caps jobs are planned and admitted by
             return self._store
 
     def exists(self) -> bool:
@@ -105,11 +108,13 @@ class JobsState:
 def install(app: FastAPI) -> None:
     """Startup hook: job state on `app.state.jobs`, fine-tunes in the registry, the worker."""
     settings = app.state.settings
-    state = JobsState(settings.data_dir, settings.database_url)
+    state = JobsState(settings.data_dir, settings.database_url, settings.job_limits())
     app.state.jobs = state
     app.state.registry.add_source(state, root=Path(settings.data_dir).resolve())
     if settings.worker:
-        state.worker = Worker(state.store, lease_s=settings.worker_lease_s)
+        state.worker = Worker(
+            state.store, lease_s=settings.worker_lease_s, max_wall_s=state.limits.max_wall_s
+        )
         state.worker.start_thread()
         log.info("job worker %s started", state.worker.worker_id)
 
@@ -134,4 +139,6 @@ Store = Annotated[JobStore, Depends(get_store)]
 
 def api_error(err: StoreError) -> APIError:
     """A store error in OpenAI's error shape (404 for other tenants' objects, too)."""
-    return APIError(err.status, err.message, param=err.param, code=err.code)
+    # A quota refusal carries headers (x-should-retry: false: retrying at once cannot help).
+    headers = getattr(err, "headers", None)
+    return APIError(err.status, err.message, param=err.param, code=err.code, headers=headers)

@@ -19,7 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tuneforge.jobs.limits import JobLimits
+
 ENV_PREFIX = "TUNEFORGE_"
+_JOB = JobLimits()  # the defaults of the job caps below (tuneforge.jobs.limits owns them)
 
 
 class ServerSettings(BaseModel):
@@ -61,6 +64,40 @@ class ServerSettings(BaseModel):
     )
     max_upload_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="Largest file accepted by POST /v1/files (413)."
+    )
+
+    # -- what one job may cost, and per-organization quotas (tuneforge.jobs.limits) ----------
+    job_max_steps: int = Field(
+        _JOB.max_steps, ge=1, description="Largest optim.max_steps of a job."
+    )
+    job_max_epochs: int = Field(
+        _JOB.max_epochs, ge=1, description="Largest n_epochs / optim.epochs."
+    )
+    job_max_batch_size: int = Field(
+        _JOB.max_batch_size,
+        ge=1,
+        description="Largest batch_size, optim.grad_accum and eval.batch_size.",
+    )
+    job_max_length: int = Field(
+        _JOB.max_length, ge=8, description="Largest data.max_length (tokens per sequence)."
+    )
+    job_max_lora_r: int = Field(_JOB.max_lora_r, ge=1, description="Largest lora.r.")
+    job_max_keep_last: int = Field(
+        _JOB.max_keep_last, ge=1, description="Largest checkpoint.keep_last."
+    )
+    job_max_wall_s: float = Field(
+        _JOB.max_wall_s,
+        gt=0,
+        description="Wall-clock limit of one run of a job, in seconds: past it the worker "
+        "stops training and the job fails (code wall_clock_limit_exceeded).",
+    )
+    org_max_active_jobs: int = Field(
+        _JOB.max_active_jobs,
+        ge=1,
+        description="Jobs an organization may have validating, queued or running (429).",
+    )
+    org_max_file_bytes: int = Field(
+        _JOB.max_file_bytes, ge=0, description="Bytes of files an organization may store (429)."
     )
 
     # -- who may call ------------------------------------------------------------------------
@@ -151,6 +188,20 @@ class ServerSettings(BaseModel):
                 values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    def job_limits(self) -> JobLimits:
+        """The caps and quotas above, as the job store and worker take them."""
+        return JobLimits(
+            max_steps=self.job_max_steps,
+            max_epochs=self.job_max_epochs,
+            max_batch_size=self.job_max_batch_size,
+            max_length=self.job_max_length,
+            max_lora_r=self.job_max_lora_r,
+            max_keep_last=self.job_max_keep_last,
+            max_wall_s=self.job_max_wall_s,
+            max_active_jobs=self.org_max_active_jobs,
+            max_file_bytes=self.org_max_file_bytes,
+        )
 
     def key_table(self) -> dict[str, str]:
         """Every accepted API key -> its organization id (empty: auth is off)."""

@@ -26,7 +26,7 @@ router = APIRouter(
 )
 
 
-@router.post("/jobs")
+@router.post("/jobs", responses={429: ERROR_RESPONSES[429]})
 def create_job(
     body: JobCreate,
     store: Store,
@@ -35,7 +35,8 @@ def create_job(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobPublic:
     """Create a fine-tuning job; a worker picks it up (status validating_files -> queued ->
-    running -> succeeded / failed / cancelled)."""
+    running -> succeeded / failed / cancelled). 429 `rate_limit_exceeded` while the
+    organization has as many active jobs as the server allows (`org_max_active_jobs`)."""
 
     def resolve_base(model_id: str) -> str | None:
         entry = registry.resolve(model_id, principal.org_id)
