@@ -693,6 +693,9 @@ class ReadLimits:
     max_whole_file_bytes: int = 8 * 1024 * 1024
 
 
+# A streamed pass detects the format from at most this much of the file (and DETECT_SAMPLE
+# records), so a file of a few huge lines is not parsed twice.
+DETECT_BYTES = 32 * 1024 * 1024
 # Rows decoded at a time from a Parquet file: memory is one batch, not the table.
 PARQUET_BATCH_ROWS = 1024
 
@@ -710,7 +713,6 @@ class StreamedDataset:
     file_problems: list[Problem]
     unit: str
     _records: Any = None  # () -> Iterator[Record]
-    saw_object: bool = False  # some record parsed to a JSON object (format detection)
 
     def records(self) -> Iterator[Record]:
         return iter(()) if self._records is None else self._records()
@@ -750,23 +752,25 @@ def stream_dataset(
     if forced is not None:
         streamed.format = forced
     elif streamed.format is None:
-        streamed.format, streamed.saw_object = _detect_streamed(streamed)
+        streamed.format = _detect_streamed(streamed)
     return streamed
 
 
-def _detect_streamed(streamed: StreamedDataset) -> tuple[Format | None, bool]:
+def _detect_streamed(streamed: StreamedDataset) -> Format | None:
     """The majority format of the first `DETECT_SAMPLE` parsed records (a short first pass)."""
-    values = (r.data for r in streamed.records() if r.problem is None)
     counts: Counter[Format] = Counter()
-    saw_object = False
-    for i, obj in enumerate(values):
-        if i >= DETECT_SAMPLE:
+    seen = read = 0
+    for record in streamed.records():
+        if seen >= DETECT_SAMPLE or read > DETECT_BYTES:
             break
-        saw_object = saw_object or type(obj) is dict
-        fmt = detect_format(obj)
+        read += len(record.raw)
+        if record.problem is not None:
+            continue
+        seen += 1
+        fmt = detect_format(record.data)
         if fmt is not None:
             counts[fmt] += 1
-    return (counts.most_common(1)[0][0] if counts else None), saw_object
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def _too_large(message: str) -> Problem:
@@ -874,7 +878,6 @@ def _stream_small(path: Path, limits: ReadLimits) -> StreamedDataset:
         loaded.file_problems,
         loaded.unit,
         lambda: iter(read_dataset(path).records),
-        saw_object=any(r.problem is None and type(r.data) is dict for r in loaded.records),
     )
 
 

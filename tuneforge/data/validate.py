@@ -1061,14 +1061,18 @@ def _validate_streamed(streamed: StreamedDataset, min_examples: int, keep: int) 
     duplicates = _Duplicates()
     advice = _PromptCompletionAdvice() if fmt is Format.PROMPT_COMPLETION else None
     check = CHECKERS.get(fmt) if fmt is not None else None  # type: ignore[arg-type]
-    if check is None and streamed.saw_object:
-        sample.add(
-            problem("unknown_format", "no example matches a known format, so none was checked")
-        )
-    for record in _checked(streamed.records(), check, sample.add, counts):
+    records = streamed.records()
+    saw_object: list[bool] = []
+    if check is None:
+        records = _noting_objects(records, saw_object)
+    for record in _checked(records, check, sample.add, counts):
         duplicates.add(record.raw, record.line)
         if advice is not None:
             advice.add(record.data)
+    if saw_object:
+        sample.add(
+            problem("unknown_format", "no example matches a known format, so none was checked")
+        )
     unique = len(duplicates.lines)
     for line, first in duplicates.found():
         unique -= 1
@@ -1095,6 +1099,14 @@ def _validate_streamed(streamed: StreamedDataset, min_examples: int, keep: int) 
         stats=stats,
         problem_counts=sample.counts,
     )
+
+
+def _noting_objects(records: Iterator[Record], seen: list[bool]) -> Iterator[Record]:
+    """`records`, noting in `seen` whether one parsed to a JSON object."""
+    for record in records:
+        if not seen and record.problem is None and type(record.data) is dict:
+            seen.append(True)
+        yield record
 
 
 def _separator_inside(streamed: StreamedDataset, suffix: str) -> int:
