@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -998,39 +1000,81 @@ def _problem_order(p: Problem) -> tuple[bool, int]:
     return (p.line is not None, p.line or 0)
 
 
-class _Duplicates:
-    """Exact duplicates from one 16-byte hash and one line number per example (24 bytes
-    each, in flat arrays): no line and no per-example Python object is kept."""
+# `_Duplicates` keeps this many examples' hashes in memory (24 MiB), then spills them to disk.
+DUPLICATES_IN_MEMORY = 1 << 20
+_BUCKETS = 16  # spilled hashes are split by their top bits: one bucket is sorted at a time
+_ENTRY = [("high", "<u8"), ("low", "<u8"), ("line", "<u8")]
 
-    def __init__(self) -> None:
-        self.high, self.low, self.lines = array("Q"), array("Q"), array("Q")
+
+class _Duplicates:
+    """Exact duplicates from one 16-byte hash and a line number per example (24 bytes, in a
+    flat array): no line and no per-example Python object is kept. Past `in_memory`
+    examples the entries go to temporary bucket files, so memory stays bounded by one
+    bucket however many lines the file has."""
+
+    def __init__(self, in_memory: int | None = None) -> None:
+        self.in_memory = DUPLICATES_IN_MEMORY if in_memory is None else in_memory
+        self.entries = array("Q")  # high, low, line, high, low, line, ...
+        self.count = 0
+        self._spill_dir: str | None = None
 
     def add(self, raw: str, line: int) -> None:
         key = duplicate_key(raw)
-        self.high.append(int.from_bytes(key[:8], "little"))
-        self.low.append(int.from_bytes(key[8:], "little"))
-        self.lines.append(line)
+        self.entries.extend(
+            (int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"), line)
+        )
+        self.count += 1
+        if len(self.entries) >= 3 * self.in_memory:
+            self._spill()
 
-    def found(self) -> Iterator[tuple[int, int]]:
-        """(line, line of its first copy) of every duplicate, in line order."""
+    def _spill(self) -> None:
+        import tempfile
+
         import numpy as np
 
-        if len(self.lines) < 2:
+        if self._spill_dir is None:
+            self._spill_dir = tempfile.mkdtemp(prefix="tuneforge-duplicates-")
+        entries = np.frombuffer(self.entries, dtype=_ENTRY)
+        bucket = entries["high"] >> np.uint64(64 - 4)
+        for b in range(_BUCKETS):
+            with open(os.path.join(self._spill_dir, str(b)), "ab") as f:
+                f.write(entries[bucket == b].tobytes())
+        del entries, bucket
+        self.entries = array("Q")
+
+    def found(self) -> Iterator[tuple[int, int]]:
+        """(line, line of its first copy) of every duplicate; in line order within a bucket."""
+        import numpy as np
+
+        if self._spill_dir is None:
+            yield from _duplicates_in(np.frombuffer(self.entries, dtype=_ENTRY))
             return
-        high = np.frombuffer(self.high, dtype=np.uint64)
-        low = np.frombuffer(self.low, dtype=np.uint64)
-        lines = np.frombuffer(self.lines, dtype=np.uint64)
-        order = np.lexsort((lines, low, high))  # by hash, then line
-        h, lo, ln = high[order], low[order], lines[order]
-        same = np.zeros(len(order), dtype=bool)
-        same[1:] = (h[1:] == h[:-1]) & (lo[1:] == lo[:-1])
-        # The first line of each run of equal hashes, carried along the run.
-        starts = np.where(~same, np.arange(len(order)), 0)
-        np.maximum.accumulate(starts, out=starts)
-        dup_lines, first_lines = ln[same], ln[starts[same]]
-        by_line = np.argsort(dup_lines, kind="stable")
-        for i in by_line.tolist():
-            yield int(dup_lines[i]), int(first_lines[i])
+        self._spill()
+        try:
+            for b in range(_BUCKETS):
+                path = os.path.join(self._spill_dir, str(b))
+                if os.path.exists(path):
+                    yield from _duplicates_in(np.fromfile(path, dtype=_ENTRY))
+        finally:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+
+
+def _duplicates_in(entries: Any) -> Iterator[tuple[int, int]]:
+    import numpy as np
+
+    if len(entries) < 2:
+        return
+    order = np.lexsort((entries["line"], entries["low"], entries["high"]))  # by hash, then line
+    e = entries[order]
+    same = np.zeros(len(e), dtype=bool)
+    same[1:] = (e["high"][1:] == e["high"][:-1]) & (e["low"][1:] == e["low"][:-1])
+    # The first line of each run of equal hashes, carried along the run.
+    starts = np.where(~same, np.arange(len(e)), 0)
+    np.maximum.accumulate(starts, out=starts)
+    dup_lines, first_lines = e["line"][same], e["line"][starts[same]]
+    by_line = np.argsort(dup_lines, kind="stable")
+    for i in by_line.tolist():
+        yield int(dup_lines[i]), int(first_lines[i])
 
 
 def validate_streamed(
@@ -1073,7 +1117,7 @@ def _validate_streamed(streamed: StreamedDataset, min_examples: int, keep: int) 
         sample.add(
             problem("unknown_format", "no example matches a known format, so none was checked")
         )
-    unique = len(duplicates.lines)
+    unique = duplicates.count
     for line, first in duplicates.found():
         unique -= 1
         sample.add(problem("duplicate_example", f"the same example as line {first}", line))
