@@ -404,3 +404,18 @@ def test_streamed_duplicates_spilled_to_disk_match_data_check(tmp_path, monkeypa
     spilled = validate_streamed(stream_dataset(path), keep=1000).to_dict()
     assert spilled == whole and whole["stats"]["duplicates"] == 400 - 37
     assert not list(Path(tempfile.gettempdir()).glob("tuneforge-duplicates-*"))
+
+
+def test_streamed_parquet_reports_what_validate_reports(tmp_path):
+    path = tmp_path / "t.parquet"
+    prompts = [f"Q{i} ->" for i in range(30)] + [None, ""]
+    completions = [f" A{i % 20}." for i in range(30)] + [" x", " y"]
+    pq.write_table(pa.table({"prompt": prompts, "completion": completions}), path)
+    assert (
+        validate_streamed(stream_dataset(path)).to_dict() == validate(read_dataset(path)).to_dict()
+    )
+    broken = write(tmp_path, "b.jsonl", "{not json\n" + json.dumps(CHAT) + "\n")
+    assert (
+        validate_streamed(stream_dataset(broken)).to_dict()
+        == validate(read_dataset(broken)).to_dict()
+    )

@@ -815,6 +815,8 @@ def _streamed_document(path: Path, first: bytes) -> Problem | None:
     first_line = next(_jsonl_records(path, 1 << 20, stop=1), None)
     if first_line is None or first_line.problem is None:
         return None  # the first line is an example: JSON Lines
+    if first == b"{" and first_line.raw.strip() != "{":
+        return None  # a broken first example, not the opening brace of a pretty-printed one
     if first == b"[":
         return Problem(
             code="top_level_array",
@@ -885,11 +887,11 @@ def _stream_parquet(path: Path, limits: ReadLimits) -> StreamedDataset:
     import pyarrow.parquet as pq
 
     try:
-        meta = pq.ParquetFile(path).metadata
+        parquet = pq.ParquetFile(path)
+        meta, schema = parquet.metadata, parquet.schema_arrow
     except Exception as e:  # pyarrow raises many types for a broken file
         raise DatasetError(f"{path}: not a readable Parquet file ({e})") from e
-    names = [meta.schema.column(i).name for i in range(meta.num_columns)]
-    mapping = _column_mapping(names, None, None, None)
+    mapping = _column_mapping(list(schema.names), None, None, None)
     if isinstance(mapping, Problem):
         return StreamedDataset(path, None, [mapping], "row")
     fmt = Format.TEXT if "text" in mapping else Format.PROMPT_COMPLETION
@@ -900,7 +902,7 @@ def _stream_parquet(path: Path, limits: ReadLimits) -> StreamedDataset:
         rg.column(i).total_uncompressed_size
         for rg in (meta.row_group(g) for g in range(meta.num_row_groups))
         for i in range(rg.num_columns)
-        if rg.column(i).path_in_schema in wanted
+        if rg.column(i).path_in_schema.split(".")[0] in wanted
     )
     if meta.num_rows > limits.max_rows:
         problem = _too_large(f"the table has {meta.num_rows:,} rows, more than {limits.max_rows:,}")
@@ -913,18 +915,31 @@ def _stream_parquet(path: Path, limits: ReadLimits) -> StreamedDataset:
         return StreamedDataset(path, fmt, [problem], "row")
     if meta.num_rows == 0:
         return StreamedDataset(path, fmt, [_empty_problem("rows")], "row")
+    import pyarrow as pa
+
+    # Text columns are read dictionary-encoded, as stored: a repeated value is decoded once
+    # per row, never a whole batch of copies at once.
+    texts = [
+        col
+        for col in dict.fromkeys(mapping.values())
+        if pa.types.is_string(t := schema.field(col).type)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    ]
     return StreamedDataset(
-        path, fmt, [], "row", lambda: _parquet_records(path, mapping, limits.max_bytes)
+        path, fmt, [], "row", lambda: _parquet_records(path, mapping, texts, limits.max_bytes)
     )
 
 
-def _parquet_records(path: Path, mapping: dict[str, str], max_bytes: int) -> Iterator[Record]:
-    """Rows as records, `PARQUET_BATCH_ROWS` at a time; dictionary columns stay encoded in
-    the batch (read_dictionary), so a repeated value is decoded once per row, not per batch."""
+def _parquet_records(
+    path: Path, mapping: dict[str, str], texts: list[str], max_bytes: int
+) -> Iterator[Record]:
+    """Rows as records, `PARQUET_BATCH_ROWS` at a time, until `max_bytes` of decoded text."""
     import pyarrow.parquet as pq
 
     columns = list(dict.fromkeys(mapping.values()))
-    reader = pq.ParquetFile(path, read_dictionary=columns)
+    reader = pq.ParquetFile(path, read_dictionary=texts)
     number = decoded = 0
     for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
         arrays = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -48,6 +49,7 @@ UPLOAD_GRACE_S = 6 * 3600
 _ALPHABET = string.ascii_letters + string.digits
 
 T = TypeVar("T")
+log = logging.getLogger("tuneforge.jobs.store")
 
 
 def new_id(prefix: str, n: int = 24) -> str:
@@ -899,6 +901,9 @@ def validate_upload(
         report = validate_streamed(stream_dataset(path, limits=limits or ReadLimits()))
     except DatasetError as err:
         return "error", str(err).replace(str(path), "file"), None
+    except Exception:  # a reader's bug must not leave the file `uploaded` forever
+        log.exception("validating %s failed", path)
+        return "error", "the file could not be read as a dataset", None
     as_dict = report.to_dict(limit=50)
     as_dict["path"] = None  # the store's path is nobody's business
     if report.ok:
