@@ -6,6 +6,10 @@ not UTF-8, a byte-order mark, a top-level array instead of JSON Lines, a binary 
 to the record or to the file, never raised, so a checker can report all of them and a cleaner can
 account for every line.
 
+`read_dataset` holds the whole file (what `data check` and `data clean` need); `stream_dataset`
+reads records one at a time for files of any size (server uploads), refusing a Parquet file by
+its footer before decoding it.
+
 Example:
     >>> loaded = read_dataset("train.jsonl")
     >>> loaded.format, len(loaded.records)

@@ -5,6 +5,7 @@ preference or text) and is what the cleaner and the upload API reuse; `is_valid_
 the same question with a yes or no. `validate` runs them over a whole `LoadedDataset` and adds the
 checks that need the whole file: too few examples, exact duplicates, examples longer than the
 model's context, and the prompt / completion conventions of OpenAI's legacy `prepare_data` tool.
+`validate_streamed` runs the same checks over a `StreamedDataset` in bounded memory (uploads).
 
 Severity: an "error" makes the file unfit for training. OpenAI rejects a whole file for one bad
 line and TuneForge keeps the same rule, so a file is either fit or not; `tuneforge data clean`
