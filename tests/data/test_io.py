@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -258,3 +260,162 @@ def test_a_50_mb_line_is_read(tmp_path):
     assert codes(r.problem for r in loaded.records) == ["invalid_json"]
     loaded = read_dataset(write(tmp_path, "e.jsonl", big))
     assert len(loaded.records[0].data["text"]) == 50_000_000
+
+
+# --- streamed reading (server uploads) -------------------------------------------------------
+
+from tuneforge.data.io import ReadLimits, stream_dataset  # noqa: E402
+from tuneforge.data.validate import validate, validate_streamed  # noqa: E402
+
+PC = {"prompt": "Q: hi\n\n###\n\n", "completion": " Hello END"}
+STREAM_CASES = {
+    "chat.jsonl": "\n".join(json.dumps(CHAT) for _ in range(3))
+    + "\n"
+    + "\n".join(
+        json.dumps({"messages": [CHAT["messages"][0], {**CHAT["messages"][1], "content": f"n{i}"}]})
+        for i in range(12)
+    )
+    + "\n",
+    "broken.jsonl": "\n".join(
+        [
+            json.dumps(CHAT),
+            "{not json",
+            "",
+            '"a string"',
+            json.dumps({"messages": [{"role": "robot"}]}),
+            "[1, 2]",
+            '{"x": NaN}',
+            "\ufeffx",
+        ]
+        * 4
+    ),
+    "bom.jsonl": "\ufeff" + json.dumps(CHAT) + "\r\n" + json.dumps(CHAT) + "\r\n",
+    "pc.jsonl": "\n".join(json.dumps({**PC, "prompt": f"Q: {i} ###\n\n###\n\n"}) for i in range(20))
+    + "\n",
+    "pc_bad.jsonl": "\n".join(
+        json.dumps({"prompt": f"p{i}", "completion": f"c{i}"}) for i in range(20)
+    ),
+    "unknown.jsonl": "\n".join(json.dumps({"question": i}) for i in range(12)),
+    "empty.jsonl": "",
+    "blank.jsonl": "\n\n  \n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(STREAM_CASES))
+def test_streamed_validation_reports_what_validate_reports(tmp_path, name):
+    """The upload path (one record at a time) and `data check` (the whole file) agree."""
+    path = write(tmp_path, name, STREAM_CASES[name])
+    whole = validate(read_dataset(path)).to_dict()
+    streamed = validate_streamed(stream_dataset(path)).to_dict()
+    assert streamed == whole
+
+
+def test_streamed_validation_of_non_utf8_and_binary_lines(tmp_path):
+    path = write(
+        tmp_path, "b.jsonl", b"\x00\x01bin\n" + json.dumps(CHAT).encode() + b"\n\xff\xfe{}\n"
+    )
+    assert (
+        validate_streamed(stream_dataset(path)).to_dict() == validate(read_dataset(path)).to_dict()
+    )
+
+
+def test_streamed_report_samples_problems_but_counts_them_all(tmp_path):
+    lines = [json.dumps(CHAT)] * 3 + ["{bad"] * 500 + [json.dumps({"messages": []})] * 100
+    path = write(tmp_path, "many.jsonl", "\n".join(lines))
+    report = validate_streamed(stream_dataset(path), keep=10)
+    whole = validate(read_dataset(path))
+    assert report.counts_by_code == whole.counts_by_code
+    assert report.counts_by_severity == whole.counts_by_severity
+    assert len(report.problems) <= 20
+    assert [p.line for p in report.errors] == [p.line for p in whole.errors][:10]
+    assert report.to_dict()["problems_total"] == len(whole.problems)
+
+
+def test_streamed_top_level_array_and_pretty_printed_object_are_refused(tmp_path):
+    array = write(
+        tmp_path, "a.json", "[\n" + ",\n".join(json.dumps(CHAT) for _ in range(12)) + "\n]\n"
+    )
+    assert "top_level_array" in validate_streamed(stream_dataset(array)).counts_by_code
+    pretty = write(tmp_path, "p.json", json.dumps(CHAT, indent=2))
+    report = validate_streamed(stream_dataset(pretty))
+    assert not report.ok and "pretty_printed_json" in report.counts_by_code
+
+
+def test_streamed_overlong_line_is_skipped_unread(tmp_path):
+    long_line = json.dumps({"messages": [{"role": "user", "content": "x" * 5000}]})
+    path = write(
+        tmp_path, "l.jsonl", "\n".join([json.dumps(CHAT), long_line, json.dumps(CHAT)]) + "\n"
+    )
+    records = list(stream_dataset(path, limits=ReadLimits(max_line_bytes=1000)).records())
+    assert [r.line for r in records] == [1, 2, 3]
+    assert records[0].ok and records[2].ok
+    assert records[1].problem.code == "too_large" and records[1].problem.line == 2
+
+
+def test_parquet_over_the_row_limit_is_refused_by_its_footer(tmp_path):
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"prompt": ["p"] * 500, "completion": [" c"] * 500}), path)
+    streamed = stream_dataset(path, limits=ReadLimits(max_rows=100))
+    assert codes(streamed.file_problems) == ["too_large"]
+    assert "500 rows" in streamed.file_problems[0].message
+    assert list(streamed.records()) == []
+    ok = validate_streamed(stream_dataset(path))  # within the default limits: read in batches
+    assert ok.examples_read == 500 and ok.stats["duplicates"] == 499
+
+
+def test_parquet_over_the_uncompressed_size_is_refused_by_its_footer(tmp_path):
+    path = tmp_path / "big.parquet"
+    texts = [
+        os.urandom(512).hex() for _ in range(200)
+    ]  # ~200 KB that neither compresses nor repeats
+    pq.write_table(pa.table({"text": texts}), path, use_dictionary=False)
+    streamed = stream_dataset(path, limits=ReadLimits(max_bytes=100_000))
+    assert codes(streamed.file_problems) == ["too_large"]
+    assert "uncompressed" in streamed.file_problems[0].message
+
+
+def test_dictionary_encoded_parquet_bomb_stops_at_the_decoded_size(tmp_path):
+    """A few KB on disk that decode to 1.2 GB: refused after `max_bytes` of decoded text,
+    one row in memory at a time (it used to be decoded whole, then copied to Python)."""
+    path = tmp_path / "bomb.parquet"
+    value = "x" * (1 << 20)
+    # Built encoded (one value, 1200 indices), so the test itself never holds 1.2 GB.
+    prompts = pa.DictionaryArray.from_arrays(pa.array([0] * 1200, pa.int32()), pa.array([value]))
+    table = pa.table({"prompt": prompts, "completion": [" c"] * 1200})
+    pq.write_table(table, path, use_dictionary=True, compression="zstd")
+    assert path.stat().st_size < 1 << 20
+    streamed = stream_dataset(path, limits=ReadLimits(max_bytes=8 << 20))
+    assert streamed.file_problems == []  # the footer sees only the small dictionary pages
+    records = list(streamed.records())
+    assert len(records) == 8
+    assert records[-1].problem.code == "too_large" and records[-1].line == 8
+    report = validate_streamed(stream_dataset(path, limits=ReadLimits(max_bytes=8 << 20)))
+    assert not report.ok and report.counts_by_code["too_large"] == 1
+
+
+def test_streamed_duplicates_spilled_to_disk_match_data_check(tmp_path, monkeypatch):
+    """Past DUPLICATES_IN_MEMORY examples the hashes go to bucket files: same findings."""
+    import tuneforge.data.validate as validate_module
+
+    rows = [{"prompt": f"p{i % 37} ->", "completion": f" c{i % 37}"} for i in range(400)]
+    path = write(tmp_path, "d.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    whole = validate(read_dataset(path)).to_dict()
+    monkeypatch.setattr(validate_module, "DUPLICATES_IN_MEMORY", 50)
+    spilled = validate_streamed(stream_dataset(path), keep=1000).to_dict()
+    assert spilled == whole and whole["stats"]["duplicates"] == 400 - 37
+    assert not list(Path(tempfile.gettempdir()).glob("tuneforge-duplicates-*"))
+
+
+def test_streamed_parquet_reports_what_validate_reports(tmp_path):
+    path = tmp_path / "t.parquet"
+    prompts = [f"Q{i} ->" for i in range(30)] + [None, ""]
+    completions = [f" A{i % 20}." for i in range(30)] + [" x", " y"]
+    pq.write_table(pa.table({"prompt": prompts, "completion": completions}), path)
+    assert (
+        validate_streamed(stream_dataset(path)).to_dict() == validate(read_dataset(path)).to_dict()
+    )
+    broken = write(tmp_path, "b.jsonl", "{not json\n" + json.dumps(CHAT) + "\n")
+    assert (
+        validate_streamed(stream_dataset(broken)).to_dict()
+        == validate(read_dataset(broken)).to_dict()
+    )

@@ -107,6 +107,17 @@ def wait_for(client: OpenAI, job_id: str, statuses: set[str], timeout: float = 2
     raise AssertionError(f"job {job_id} did not reach {statuses} (now {job.status})")
 
 
+def wait_for_file(client: OpenAI, file_id: str, timeout: float = 30):
+    """The file once validated (`processed` or `error`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        f = client.files.retrieve(file_id)
+        if f.status != "uploaded":
+            return f
+        time.sleep(0.05)
+    raise AssertionError(f"file {file_id} was not validated within {timeout}s")
+
+
 def _logprobs(client: OpenAI, model: str) -> tuple[str, list[float]]:
     r = client.chat.completions.create(
         model=model,
@@ -121,7 +132,8 @@ def _logprobs(client: OpenAI, model: str) -> tuple[str, list[float]]:
 def test_fine_tune_end_to_end_then_continue_from_the_fine_tune(api):
     client = client_for(api)
     uploaded = client.files.create(file=("train.jsonl", chat_jsonl(16)), purpose="fine-tune")
-    assert uploaded.status == "processed" and uploaded.filename == "train.jsonl"
+    assert uploaded.status == "uploaded" and uploaded.filename == "train.jsonl"
+    assert wait_for_file(client, uploaded.id).status == "processed"
     assert client.files.content(uploaded.id).content == chat_jsonl(16)
 
     valid = client.files.create(file=("valid.jsonl", chat_jsonl(10, seed=9)), purpose="fine-tune")
@@ -205,6 +217,7 @@ def test_uploads_tenancy_idempotency_and_refusals(api_no_worker):
     lines[1] = '{"messages": [{"role": "user", "content": "hi"}'  # broken JSON
     lines[4] = json.dumps({"messages": [{"role": "robot", "content": "x"}]})
     bad = a.files.create(file=("bad.jsonl", "\n".join(lines).encode()), purpose="fine-tune")
+    bad = wait_for_file(a, bad.id)  # validated off the request path
     assert bad.status == "error"
     assert "line 2:" in bad.status_details and "line 5:" in bad.status_details
     with pytest.raises(openai.BadRequestError, match="failed validation"):

@@ -6,6 +6,10 @@ not UTF-8, a byte-order mark, a top-level array instead of JSON Lines, a binary 
 to the record or to the file, never raised, so a checker can report all of them and a cleaner can
 account for every line.
 
+`read_dataset` holds the whole file (what `data check` and `data clean` need); `stream_dataset`
+reads records one at a time for files of any size (server uploads), refusing a Parquet file by
+its footer before decoding it.
+
 Example:
     >>> loaded = read_dataset("train.jsonl")
     >>> loaded.format, len(loaded.records)
@@ -672,3 +676,290 @@ def _column_mapping(
             fix="name the columns with --prompt-col / --completion-col (or --text-col)",
         )
     return wanted
+
+
+# --- streaming (bounded memory) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What a streamed read accepts before refusing the file (server uploads).
+
+    A refusal is a file-level `Problem` (`too_large`), so the upload ends `error` with a
+    reason instead of the process allocating whatever the file asks for.
+    """
+
+    max_rows: int = 10_000_000  # Parquet rows, by the footer, before anything is decoded
+    max_bytes: int = 512 * 1024 * 1024  # Parquet: uncompressed (footer) and decoded text
+    max_line_bytes: int = 16 * 1024 * 1024  # one JSONL line; the parser holds it whole
+    # CSV / TSV / text blocks are read whole (a quoted CSV field may span lines), so only
+    # files this small are accepted in those formats; JSON Lines has no such cap.
+    max_whole_file_bytes: int = 8 * 1024 * 1024
+
+
+# A streamed pass detects the format from at most this much of the file (and DETECT_SAMPLE
+# records), so a file of a few huge lines is not parsed twice.
+DETECT_BYTES = 32 * 1024 * 1024
+# Rows decoded at a time from a Parquet file: memory is one batch, not the table.
+PARQUET_BATCH_ROWS = 1024
+
+
+@dataclass
+class StreamedDataset:
+    """A dataset read lazily: `records()` reads the file again on every call.
+
+    `file_problems` holds what was seen up front (a binary file, a BOM, a Parquet footer over
+    the limits); nothing else about the file is kept in memory.
+    """
+
+    path: Path
+    format: Format | None
+    file_problems: list[Problem]
+    unit: str
+    _records: Any = None  # () -> Iterator[Record]
+
+    def records(self) -> Iterator[Record]:
+        return iter(()) if self._records is None else self._records()
+
+
+def stream_dataset(
+    path: str | Path,
+    format: Format | str | None = None,
+    *,
+    limits: ReadLimits = ReadLimits(),  # frozen: one shared default is safe
+) -> StreamedDataset:
+    """Open a dataset for a bounded-memory pass: records are read one at a time.
+
+    JSON Lines is read line by line (a line over `limits.max_line_bytes` is a `line_too_long`
+    problem, skipped without being held); Parquet is refused by its footer (rows,
+    uncompressed bytes) before anything is decoded, then read in row batches; other formats
+    (CSV / TSV, text blocks) are read as `read_dataset` reads them, once each file fits in
+    `limits.max_bytes`. Numbers, messages and codes of per-line problems are those of
+    `read_dataset`; a top-level JSON array or a pretty-printed object is reported, not parsed.
+
+    Raises:
+        DatasetError: as `read_dataset`.
+    """
+    path = Path(path)
+    forced = parse_format(format) if format is not None else None
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    if not path.is_file():
+        raise DatasetError(f"{path}: not a regular file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        streamed = _stream_parquet(path, limits)
+    elif suffix in TABLE_SUFFIXES or suffix in TEXT_SUFFIXES:
+        streamed = _stream_small(path, limits)
+    else:
+        streamed = _stream_jsonl(path, limits)
+    if forced is not None:
+        streamed.format = forced
+    elif streamed.format is None:
+        streamed.format = _detect_streamed(streamed)
+    return streamed
+
+
+def _detect_streamed(streamed: StreamedDataset) -> Format | None:
+    """The majority format of the first `DETECT_SAMPLE` parsed records (a short first pass)."""
+    counts: Counter[Format] = Counter()
+    seen = read = 0
+    for record in streamed.records():
+        if seen >= DETECT_SAMPLE or read > DETECT_BYTES:
+            break
+        read += len(record.raw)
+        if record.problem is not None:
+            continue
+        seen += 1
+        fmt = detect_format(record.data)
+        if fmt is not None:
+            counts[fmt] += 1
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _too_large(message: str) -> Problem:
+    return Problem(
+        code="too_large",
+        message=message,
+        fix="split the dataset into smaller files, or convert it to JSON Lines",
+    )
+
+
+def _stream_jsonl(path: Path, limits: ReadLimits) -> StreamedDataset:
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    problems: list[Problem] = []
+    sniffed = _sniff(head)
+    if sniffed is not None:
+        problems.append(sniffed)
+    if head.startswith(BOM):
+        problems.append(_bom_problem())
+        head = head[len(BOM) :]
+    stripped = head.lstrip()
+    if not stripped and path.stat().st_size <= SNIFF_BYTES:
+        problems.append(_empty_problem())
+        return StreamedDataset(path, None, problems, "line")
+    whole = _streamed_document(path, stripped[:1])
+    if whole is not None:
+        problems.append(whole)
+        return StreamedDataset(path, None, problems, "line")
+    return StreamedDataset(
+        path, None, problems, "line", lambda: _jsonl_records(path, limits.max_line_bytes)
+    )
+
+
+def _streamed_document(path: Path, first: bytes) -> Problem | None:
+    """The problem of a file that is one JSON document rather than JSON Lines, if it is one.
+
+    Judged by the first line alone (a JSON array, or an object whose first line does not
+    parse), so the file is never read whole.
+    """
+    if first not in (b"[", b"{"):
+        return None
+    first_line = next(_jsonl_records(path, 1 << 20, stop=1), None)
+    if first_line is None or first_line.problem is None:
+        return None  # the first line is an example: JSON Lines
+    if first == b"{" and first_line.raw.strip() != "{":
+        return None  # a broken first example, not the opening brace of a pretty-printed one
+    if first == b"[":
+        return Problem(
+            code="top_level_array",
+            message="the file is one JSON array, not JSON Lines",
+            fix="write one JSON object per line (`tuneforge data clean` converts it)",
+        )
+    return Problem(
+        code="pretty_printed_json",
+        message="the file is one JSON object spread over several lines, not JSON Lines",
+        fix="write each example as one JSON object on a single line",
+    )
+
+
+def _jsonl_records(path: Path, max_line_bytes: int, stop: int | None = None) -> Iterator[Record]:
+    """Records of a JSON Lines file, one line in memory at a time (as `_read_jsonl` numbers them)."""
+    with open(path, "rb") as f:
+        number = 0
+        while stop is None or number < stop:
+            raw = f.readline(max_line_bytes + 1)
+            if not raw:
+                return
+            number += 1
+            if number == 1 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+            if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the line unread
+                    raw = f.readline(1 << 20)
+                problem = _too_large(f"the line is longer than {max_line_bytes:,} bytes")
+                problem.line = number
+                yield Record(number, "", None, problem)
+                continue
+            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+            text, problem = _decode(raw, number)
+            if problem is None and (not text or text.isspace()):
+                problem = Problem(
+                    code="blank_line",
+                    message="blank line",
+                    fix="remove blank lines between examples",
+                    line=number,
+                    severity="warning",
+                )
+            value = None
+            if problem is None:
+                value, problem = _parse(text, number)
+            yield Record(number, text, value, problem)
+
+
+def _stream_small(path: Path, limits: ReadLimits) -> StreamedDataset:
+    """CSV / TSV / text blocks: read whole (as `read_dataset` does) when under the byte cap."""
+    size = path.stat().st_size
+    if size > limits.max_whole_file_bytes:
+        problem = _too_large(
+            f"{path.suffix} files are read whole; this one is {size:,} bytes, more than "
+            f"{limits.max_whole_file_bytes:,} (JSON Lines files may be larger)"
+        )
+        return StreamedDataset(path, None, [problem], "line")
+    loaded = read_dataset(path)
+    return StreamedDataset(
+        path,
+        loaded.format,
+        loaded.file_problems,
+        loaded.unit,
+        lambda: iter(read_dataset(path).records),
+    )
+
+
+def _stream_parquet(path: Path, limits: ReadLimits) -> StreamedDataset:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+        meta, schema = parquet.metadata, parquet.schema_arrow
+    except Exception as e:  # pyarrow raises many types for a broken file
+        raise DatasetError(f"{path}: not a readable Parquet file ({e})") from e
+    mapping = _column_mapping(list(schema.names), None, None, None)
+    if isinstance(mapping, Problem):
+        return StreamedDataset(path, None, [mapping], "row")
+    fmt = Format.TEXT if "text" in mapping else Format.PROMPT_COMPLETION
+    wanted = set(mapping.values())
+    # The footer's uncompressed size of the columns read: what the pages hold once
+    # decompressed. (Dictionary pages expand further when decoded: counted row by row below.)
+    uncompressed = sum(
+        rg.column(i).total_uncompressed_size
+        for rg in (meta.row_group(g) for g in range(meta.num_row_groups))
+        for i in range(rg.num_columns)
+        if rg.column(i).path_in_schema.split(".")[0] in wanted
+    )
+    if meta.num_rows > limits.max_rows:
+        problem = _too_large(f"the table has {meta.num_rows:,} rows, more than {limits.max_rows:,}")
+        return StreamedDataset(path, fmt, [problem], "row")
+    if uncompressed > limits.max_bytes:
+        problem = _too_large(
+            f"the table's columns hold {uncompressed:,} bytes uncompressed, more than "
+            f"{limits.max_bytes:,}"
+        )
+        return StreamedDataset(path, fmt, [problem], "row")
+    if meta.num_rows == 0:
+        return StreamedDataset(path, fmt, [_empty_problem("rows")], "row")
+    import pyarrow as pa
+
+    # Text columns are read dictionary-encoded, as stored: a repeated value is decoded once
+    # per row, never a whole batch of copies at once.
+    texts = [
+        col
+        for col in dict.fromkeys(mapping.values())
+        if pa.types.is_string(t := schema.field(col).type)
+        or pa.types.is_large_string(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    ]
+    return StreamedDataset(
+        path, fmt, [], "row", lambda: _parquet_records(path, mapping, texts, limits.max_bytes)
+    )
+
+
+def _parquet_records(
+    path: Path, mapping: dict[str, str], texts: list[str], max_bytes: int
+) -> Iterator[Record]:
+    """Rows as records, `PARQUET_BATCH_ROWS` at a time, until `max_bytes` of decoded text."""
+    import pyarrow.parquet as pq
+
+    columns = list(dict.fromkeys(mapping.values()))
+    reader = pq.ParquetFile(path, read_dictionary=texts)
+    number = decoded = 0
+    for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        arrays = {
+            key: batch.column(batch.schema.get_field_index(col)) for key, col in mapping.items()
+        }
+        for i in range(batch.num_rows):
+            number += 1
+            value = {key: arr[i].as_py() for key, arr in arrays.items()}
+            raw = _to_json(value)
+            decoded += len(raw)
+            if decoded > max_bytes:
+                problem = _too_large(
+                    f"the table decodes to more than {max_bytes:,} bytes of text (it is "
+                    "dictionary-encoded: a few distinct values repeated many times)"
+                )
+                problem.line = number
+                yield Record(number, "", None, problem)
+                return
+            yield Record(number, raw, value)

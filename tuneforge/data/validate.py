@@ -5,6 +5,7 @@ preference or text) and is what the cleaner and the upload API reuse; `is_valid_
 the same question with a yes or no. `validate` runs them over a whole `LoadedDataset` and adds the
 checks that need the whole file: too few examples, exact duplicates, examples longer than the
 model's context, and the prompt / completion conventions of OpenAI's legacy `prepare_data` tool.
+`validate_streamed` runs the same checks over a `StreamedDataset` in bounded memory (uploads).
 
 Severity: an "error" makes the file unfit for training. OpenAI rejects a whole file for one bad
 line and TuneForge keeps the same rule, so a file is either fit or not; `tuneforge data clean`
@@ -23,10 +24,14 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import shutil
+from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +44,9 @@ from tuneforge.data.io import (
     Format,
     LoadedDataset,
     Problem,
+    Record,
     Severity,
+    StreamedDataset,
     detect_format,
     parse_format,
     paused_gc,
@@ -756,16 +763,29 @@ class Report:
     problems: list[Problem]
     stats: dict[str, Any] = field(default_factory=dict)
     tokens: TokenStats | None = None
+    # (code, severity) -> count of every problem, when `problems` is only a sample
+    # (`validate_streamed`).
+    problem_counts: Counter[tuple[str, str]] | None = None
+
+    def _counts(self) -> Counter[tuple[str, str]]:
+        if self.problem_counts is not None:
+            return self.problem_counts
+        return Counter((p.code, p.severity) for p in self.problems)
 
     @property
     def counts_by_code(self) -> dict[str, int]:
         """How many problems of each code, most frequent first."""
-        return dict(Counter(p.code for p in self.problems).most_common())
+        counts: Counter[str] = Counter()
+        for (code, _), n in self._counts().items():
+            counts[code] += n
+        return dict(counts.most_common())
 
     @property
     def counts_by_severity(self) -> dict[str, int]:
         """How many errors and warnings."""
-        counts = Counter(p.severity for p in self.problems)
+        counts: Counter[str] = Counter()
+        for (_, severity), n in self._counts().items():
+            counts[severity] += n
         return {"error": counts["error"], "warning": counts["warning"]}
 
     @property
@@ -798,7 +818,7 @@ class Report:
             "counts_by_code": self.counts_by_code,
             "stats": self.stats,
             "tokens": None if self.tokens is None else self.tokens.to_dict(),
-            "problems_total": len(self.problems),
+            "problems_total": sum(self._counts().values()),
             "problems": [p.to_dict() for p in shown],
         }
 
@@ -829,29 +849,33 @@ def validate(
         return _validate(loaded, tokenizer, max_tokens, min_examples)
 
 
-def _validate(
-    loaded: LoadedDataset, tokenizer: Any, max_tokens: int | None, min_examples: int
-) -> Report:
-    fmt = loaded.format
-    problems: list[Problem] = list(loaded.file_problems)
-    read = valid = 0
-    no_system = no_user = 0
-    valid_examples: list[tuple[int, dict]] = []
-    first_seen: dict[str, int] = {}
-    check = CHECKERS.get(fmt) if fmt is not None else None  # type: ignore[arg-type]
-    if check is None and any(r.problem is None and type(r.data) is dict for r in loaded.records):
-        problems.append(
-            problem("unknown_format", "no example matches a known format, so none was checked")
-        )
-    add, extend = problems.append, problems.extend
-    for record in loaded.records:
+@dataclass
+class _Counts:
+    """What one pass over the records counts (the report's numbers)."""
+
+    records: int = 0
+    read: int = 0  # blank lines are records, not examples read
+    valid: int = 0
+    no_system: int = 0
+    no_user: int = 0
+
+
+def _checked(
+    records: Iterable[Record],
+    check: _Checker | None,
+    add: Callable[[Problem], None],
+    counts: _Counts,
+) -> Iterator[Record]:
+    """Check each record, `add` every problem, and yield the records with no error."""
+    for record in records:
+        counts.records += 1
         found = record.problem
         if found is not None:
             add(found)
             if found.code != "blank_line":
-                read += 1
+                counts.read += 1
             continue
-        read += 1
+        counts.read += 1
         obj, line = record.data, record.line
         if type(obj) is not dict:
             add(problem("data_type", f"the example is {_kind(obj)}, not a JSON object", line))
@@ -861,24 +885,61 @@ def _validate(
         out: list[Problem] = []
         seen = check(obj, line, out)
         if out:
-            extend(out)
+            for p in out:
+                add(p)
             if any(p.severity == "error" for p in out):
                 continue
-        valid += 1
-        valid_examples.append((line, obj))
+        counts.valid += 1
         if not seen & _HAS_SYSTEM:
-            no_system += 1
+            counts.no_system += 1
         if not seen & _HAS_USER:
-            no_user += 1
-        key = record.raw.strip()
-        first = first_seen.setdefault(key, line)
+            counts.no_user += 1
+        yield record
+
+
+def duplicate_key(raw: str) -> bytes:
+    """What makes two examples exact duplicates: their stripped line, as a 16-byte hash (a
+    checker keeps one hash per example, never the lines)."""
+    return hashlib.blake2b(raw.strip().encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _too_few(valid: int, min_examples: int) -> Problem | None:
+    if valid < min_examples:
+        return problem(
+            "too_few_examples",
+            f"{valid} valid example(s); training needs at least {min_examples}",
+        )
+    if valid < RECOMMENDED_EXAMPLES:
+        return problem("few_examples", f"only {valid} valid examples")
+    return None
+
+
+def _validate(
+    loaded: LoadedDataset, tokenizer: Any, max_tokens: int | None, min_examples: int
+) -> Report:
+    fmt = loaded.format
+    problems: list[Problem] = list(loaded.file_problems)
+    counts = _Counts()
+    valid_examples: list[tuple[int, dict]] = []
+    first_seen: dict[bytes, int] = {}
+    check = CHECKERS.get(fmt) if fmt is not None else None  # type: ignore[arg-type]
+    if check is None and any(r.problem is None and type(r.data) is dict for r in loaded.records):
+        problems.append(
+            problem("unknown_format", "no example matches a known format, so none was checked")
+        )
+    add = problems.append
+    for record in _checked(loaded.records, check, add, counts):
+        line = record.line
+        valid_examples.append((line, record.data))
+        first = first_seen.setdefault(duplicate_key(record.raw), line)
         if first != line:
             add(problem("duplicate_example", f"the same example as line {first}", line))
+    valid = counts.valid
 
     stats: dict[str, Any] = {}
     if fmt in (Format.CHAT, Format.PREFERENCE):
-        stats["examples_without_system"] = no_system
-        stats["examples_without_user"] = no_user
+        stats["examples_without_system"] = counts.no_system
+        stats["examples_without_user"] = counts.no_user
     stats["duplicates"] = valid - len(first_seen)
 
     if fmt is Format.PROMPT_COMPLETION and len(valid_examples) >= 2:
@@ -889,22 +950,16 @@ def _validate(
         valid -= failed
 
     if loaded.records or not any(p.code == "empty_file" for p in problems):
-        if valid < min_examples:
-            problems.append(
-                problem(
-                    "too_few_examples",
-                    f"{valid} valid example(s); training needs at least {min_examples}",
-                )
-            )
-        elif valid < RECOMMENDED_EXAMPLES:
-            problems.append(problem("few_examples", f"only {valid} valid examples"))
+        few = _too_few(valid, min_examples)
+        if few is not None:
+            problems.append(few)
 
     problems.sort(key=lambda p: (p.line is not None, p.line or 0))
     return Report(
         path=str(loaded.path),
         format=fmt,
         unit=loaded.unit,
-        examples_read=read,
+        examples_read=counts.read,
         examples_valid=valid,
         problems=problems,
         stats=stats,
@@ -912,23 +967,252 @@ def _validate(
     )
 
 
+# --- bounded memory (server uploads) ---------------------------------------------------------
+
+
+class _ProblemSample:
+    """Counts of every problem, and the first `keep` errors and warnings by line.
+
+    File-wide problems (no line) sort first, as in `Report.problems`.
+    """
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.kept: dict[str, list[Problem]] = {"error": [], "warning": []}
+
+    def add(self, p: Problem) -> None:
+        self.counts[p.code, p.severity] += 1
+        kept = self.kept[p.severity]
+        kept.append(p)
+        if len(kept) > 2 * self.keep:  # trim now and then: amortized O(1) per problem
+            kept.sort(key=_problem_order)
+            del kept[self.keep :]
+
+    def problems(self) -> list[Problem]:
+        out = []
+        for kept in self.kept.values():
+            kept.sort(key=_problem_order)
+            out += kept[: self.keep]
+        return sorted(out, key=_problem_order)
+
+
+def _problem_order(p: Problem) -> tuple[bool, int]:
+    return (p.line is not None, p.line or 0)
+
+
+# `_Duplicates` keeps this many examples' hashes in memory (24 MiB), then spills them to disk.
+DUPLICATES_IN_MEMORY = 1 << 20
+_BUCKETS = 16  # spilled hashes are split by their top bits: one bucket is sorted at a time
+_ENTRY = [("high", "<u8"), ("low", "<u8"), ("line", "<u8")]
+
+
+class _Duplicates:
+    """Exact duplicates from one 16-byte hash and a line number per example (24 bytes, in a
+    flat array): no line and no per-example Python object is kept. Past `in_memory`
+    examples the entries go to temporary bucket files, so memory stays bounded by one
+    bucket however many lines the file has."""
+
+    def __init__(self, in_memory: int | None = None) -> None:
+        self.in_memory = DUPLICATES_IN_MEMORY if in_memory is None else in_memory
+        self.entries = array("Q")  # high, low, line, high, low, line, ...
+        self.count = 0
+        self._spill_dir: str | None = None
+
+    def add(self, raw: str, line: int) -> None:
+        key = duplicate_key(raw)
+        self.entries.extend(
+            (int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"), line)
+        )
+        self.count += 1
+        if len(self.entries) >= 3 * self.in_memory:
+            self._spill()
+
+    def _spill(self) -> None:
+        import tempfile
+
+        import numpy as np
+
+        if self._spill_dir is None:
+            self._spill_dir = tempfile.mkdtemp(prefix="tuneforge-duplicates-")
+        entries = np.frombuffer(self.entries, dtype=_ENTRY)
+        bucket = entries["high"] >> np.uint64(64 - 4)
+        for b in range(_BUCKETS):
+            with open(os.path.join(self._spill_dir, str(b)), "ab") as f:
+                f.write(entries[bucket == b].tobytes())
+        del entries, bucket
+        self.entries = array("Q")
+
+    def found(self) -> Iterator[tuple[int, int]]:
+        """(line, line of its first copy) of every duplicate; in line order within a bucket."""
+        import numpy as np
+
+        if self._spill_dir is None:
+            yield from _duplicates_in(np.frombuffer(self.entries, dtype=_ENTRY))
+            return
+        self._spill()
+        try:
+            for b in range(_BUCKETS):
+                path = os.path.join(self._spill_dir, str(b))
+                if os.path.exists(path):
+                    yield from _duplicates_in(np.fromfile(path, dtype=_ENTRY))
+        finally:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+
+
+def _duplicates_in(entries: Any) -> Iterator[tuple[int, int]]:
+    import numpy as np
+
+    if len(entries) < 2:
+        return
+    order = np.lexsort((entries["line"], entries["low"], entries["high"]))  # by hash, then line
+    e = entries[order]
+    same = np.zeros(len(e), dtype=bool)
+    same[1:] = (e["high"][1:] == e["high"][:-1]) & (e["low"][1:] == e["low"][:-1])
+    # The first line of each run of equal hashes, carried along the run.
+    starts = np.where(~same, np.arange(len(e)), 0)
+    np.maximum.accumulate(starts, out=starts)
+    dup_lines, first_lines = e["line"][same], e["line"][starts[same]]
+    by_line = np.argsort(dup_lines, kind="stable")
+    for i in by_line.tolist():
+        yield int(dup_lines[i]), int(first_lines[i])
+
+
+def validate_streamed(
+    streamed: StreamedDataset, *, min_examples: int = MIN_EXAMPLES, keep: int = 50
+) -> Report:
+    """`validate` for files of any size, in memory bounded by one example and `keep`.
+
+    The same checks, codes, messages and line numbers as `validate` (without token lengths),
+    over `streamed.records()` read one at a time; the report lists the first `keep` errors
+    and warnings, while its counts (`problem_counts`) cover every problem. Duplicates are
+    found from hashes; prompt-completion advice needs a second pass over the file.
+
+    Example:
+        >>> report = validate_streamed(stream_dataset("big.jsonl"))
+        >>> report.ok, report.counts_by_code
+        (True, {'duplicate_example': 3})
+    """
+    with paused_gc():
+        return _validate_streamed(streamed, min_examples, keep)
+
+
+def _validate_streamed(streamed: StreamedDataset, min_examples: int, keep: int) -> Report:
+    fmt = streamed.format
+    sample = _ProblemSample(keep)
+    for p in streamed.file_problems:
+        sample.add(p)
+    counts = _Counts()
+    duplicates = _Duplicates()
+    advice = _PromptCompletionAdvice() if fmt is Format.PROMPT_COMPLETION else None
+    check = CHECKERS.get(fmt) if fmt is not None else None  # type: ignore[arg-type]
+    records = streamed.records()
+    saw_object: list[bool] = []
+    if check is None:
+        records = _noting_objects(records, saw_object)
+    for record in _checked(records, check, sample.add, counts):
+        duplicates.add(record.raw, record.line)
+        if advice is not None:
+            advice.add(record.data)
+    if saw_object:
+        sample.add(
+            problem("unknown_format", "no example matches a known format, so none was checked")
+        )
+    unique = duplicates.count
+    for line, first in duplicates.found():
+        unique -= 1
+        sample.add(problem("duplicate_example", f"the same example as line {first}", line))
+    stats: dict[str, Any] = {}
+    if fmt in (Format.CHAT, Format.PREFERENCE):
+        stats["examples_without_system"] = counts.no_system
+        stats["examples_without_user"] = counts.no_user
+    stats["duplicates"] = counts.valid - unique
+    if advice is not None and counts.valid >= 2:
+        for p in advice.problems(_separator_inside(streamed, advice.prompt_suffix)):
+            sample.add(p)
+    if counts.records or not any(code == "empty_file" for code, _ in sample.counts):
+        few = _too_few(counts.valid, min_examples)
+        if few is not None:
+            sample.add(few)
+    return Report(
+        path=str(streamed.path),
+        format=fmt,
+        unit=streamed.unit,
+        examples_read=counts.read,
+        examples_valid=counts.valid,
+        problems=sample.problems(),
+        stats=stats,
+        problem_counts=sample.counts,
+    )
+
+
+def _noting_objects(records: Iterator[Record], seen: list[bool]) -> Iterator[Record]:
+    """`records`, noting in `seen` whether one parsed to a JSON object."""
+    for record in records:
+        if not seen and record.problem is None and type(record.data) is dict:
+            seen.append(True)
+        yield record
+
+
+def _separator_inside(streamed: StreamedDataset, suffix: str) -> int:
+    """How many valid prompts hold `suffix` before their end (a second pass over the file)."""
+    if not suffix:
+        return 0
+    check = CHECKERS[Format.PROMPT_COMPLETION]
+    inside = 0
+    for record in _checked(streamed.records(), check, lambda p: None, _Counts()):
+        prompt = record.data["prompt"]
+        inside += suffix in prompt[: -len(suffix)]
+    return inside
+
+
 # A shared prefix shorter than this (once stripped) is a coincidence, not boilerplate.
 _MIN_XFIX = 2
 
 
-def _prompt_completion_advice(examples: list[dict]) -> list[Problem]:
-    """The conventions OpenAI's legacy `prepare_data` tool advised for prompt-completion data."""
-    out = []
-    prompts = [e["prompt"] for e in examples]
-    completions = [e["completion"] for e in examples]
-    n = len(examples)
+class _PromptCompletionAdvice:
+    """The conventions OpenAI's legacy `prepare_data` tool advised for prompt-completion data,
+    gathered one example at a time: the common prefix of many texts is that of the least and
+    the greatest of them, so only those (and their reversals, for suffixes) are kept."""
 
-    suffix = _common_suffix(prompts)
-    if not suffix:
-        out.append(problem("no_prompt_separator", "the prompts do not end with a common separator"))
-    else:
-        inside = sum(1 for p in prompts if suffix in p[: -len(suffix)])
-        if inside:
+    def __init__(self) -> None:
+        self.n = self.no_space = 0
+        self.bounds: dict[str, list[str]] = {}
+
+    def _note(self, name: str, text: str) -> None:
+        bounds = self.bounds.get(name)
+        if bounds is None:
+            self.bounds[name] = [text, text]
+        elif text < bounds[0]:
+            bounds[0] = text
+        elif text > bounds[1]:
+            bounds[1] = text
+
+    def add(self, example: dict) -> None:
+        prompt, completion = example["prompt"], example["completion"]
+        self.n += 1
+        self.no_space += not completion[:1].isspace()
+        self._note("prompt", prompt)
+        self._note("prompt_reversed", prompt[::-1])
+        self._note("completion", completion)
+        self._note("completion_reversed", completion[::-1])
+
+    def _prefix(self, name: str) -> str:
+        return _common_prefix(self.bounds.get(name, []))
+
+    @property
+    def prompt_suffix(self) -> str:
+        return self._prefix("prompt_reversed")[::-1]
+
+    def problems(self, inside: int) -> list[Problem]:
+        """The advice, given how many prompts hold the separator before their end."""
+        out = []
+        suffix = self.prompt_suffix
+        if not suffix:
+            out.append(
+                problem("no_prompt_separator", "the prompts do not end with a common separator")
+            )
+        elif inside:
             out.append(
                 problem(
                     "separator_in_prompt",
@@ -936,32 +1220,41 @@ def _prompt_completion_advice(examples: list[dict]) -> list[Problem]:
                     f"{inside} of them",
                 )
             )
-    prefix = _common_prefix(prompts)
-    if len(prefix.strip()) >= _MIN_XFIX:
-        out.append(problem("common_prompt_prefix", f"every prompt starts with {_show(prefix)}"))
+        prefix = self._prefix("prompt")
+        if len(prefix.strip()) >= _MIN_XFIX:
+            out.append(problem("common_prompt_prefix", f"every prompt starts with {_show(prefix)}"))
+        if self.no_space:
+            out.append(
+                problem(
+                    "completion_no_leading_space",
+                    f"{self.no_space} of {self.n} completions do not start with a whitespace "
+                    "character",
+                )
+            )
+        if not self._prefix("completion_reversed"):
+            out.append(
+                problem(
+                    "no_stop_sequence",
+                    "the completions do not end with a common stop sequence (the tokenizer's "
+                    "end-of-text token is added in training either way)",
+                )
+            )
+        prefix = self._prefix("completion")
+        if len(prefix.strip()) >= _MIN_XFIX:
+            out.append(
+                problem("common_completion_prefix", f"every completion starts with {_show(prefix)}")
+            )
+        return out
 
-    no_space = sum(1 for c in completions if not c[:1].isspace())
-    if no_space:
-        out.append(
-            problem(
-                "completion_no_leading_space",
-                f"{no_space} of {n} completions do not start with a whitespace character",
-            )
-        )
-    if not _common_suffix(completions):
-        out.append(
-            problem(
-                "no_stop_sequence",
-                "the completions do not end with a common stop sequence (the tokenizer's "
-                "end-of-text token is added in training either way)",
-            )
-        )
-    prefix = _common_prefix(completions)
-    if len(prefix.strip()) >= _MIN_XFIX:
-        out.append(
-            problem("common_completion_prefix", f"every completion starts with {_show(prefix)}")
-        )
-    return out
+
+def _prompt_completion_advice(examples: list[dict]) -> list[Problem]:
+    """`_PromptCompletionAdvice` over a list of valid prompt-completion examples."""
+    advice = _PromptCompletionAdvice()
+    for e in examples:
+        advice.add(e)
+    suffix = advice.prompt_suffix
+    inside = sum(1 for e in examples if suffix in e["prompt"][: -len(suffix)]) if suffix else 0
+    return advice.problems(inside)
 
 
 def _common_prefix(texts: list[str]) -> str:

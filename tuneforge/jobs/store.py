@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -31,6 +32,8 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from tuneforge.data.io import ReadLimits
+from tuneforge.fsutil import fsync_dir
 from tuneforge.jobs import db
 from tuneforge.jobs.db import File, IdempotencyKey, Job, JobCheckpoint, JobEvent, Model
 from tuneforge.jobs.errors import Conflict, InvalidRequest, NotFound
@@ -41,9 +44,13 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("validating_files", "queued", "running")
 FILE_PURPOSES = ("fine-tune", "fine-tune-results")
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"}
+# An upload's temporary file (`files/.upload-*`) older than this is left by a crashed
+# request and removed when a store opens; younger ones may be another process's upload.
+UPLOAD_GRACE_S = 6 * 3600
 _ALPHABET = string.ascii_letters + string.digits
 
 T = TypeVar("T")
+log = logging.getLogger("tuneforge.jobs.store")
 
 
 def new_id(prefix: str, n: int = 24) -> str:
@@ -93,6 +100,7 @@ class JobStore:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "files").mkdir(exist_ok=True)
         (self.data_dir / "jobs").mkdir(exist_ok=True)
+        remove_orphaned_uploads(self.data_dir / "files")
         self.url = url or f"sqlite:///{self.data_dir / 'tuneforge.db'}"
         self.engine = db.make_engine(self.url)
         if migrate:
@@ -142,11 +150,15 @@ class JobStore:
         source: Path,
         *,
         job_id: str | None = None,
+        validate: bool = True,
+        limits: ReadLimits | None = None,
     ) -> File:
         """Take ownership of `source` (moved into the store under the file's id) and record it.
 
         `fine-tune` files are validated with the data pipeline's checks: status `processed`,
-        or `error` with the problems (line numbers) in `status_details` and `report`.
+        or `error` with the problems (line numbers) in `status_details` and `report`. With
+        `validate=False` the file is recorded as `uploaded` and `process_file` validates it
+        later (the server does, off the request path).
         """
         self.admit_upload(org_id, purpose, source)
         if purpose not in FILE_PURPOSES:
@@ -158,10 +170,16 @@ class JobStore:
         suffix = Path(filename).suffix.lower()
         rel = f"files/{file_id}{suffix if suffix in DATA_SUFFIXES else '.jsonl'}"
         dest = self.data_dir / rel
-        shutil.move(str(source), dest)
+        try:
+            os.replace(source, dest)  # the temporary file sits in files/: a rename
+        except OSError:
+            shutil.move(str(source), dest)  # another filesystem (a caller's own file)
+        fsync_dir(dest.parent)
         status, details, report = "processed", None, None
         if purpose == "fine-tune":
-            status, details, report = validate_upload(dest)
+            status = "uploaded"
+            if validate:
+                status, details, report = validate_upload(dest, limits)
         row = File(
             id=file_id,
             org_id=org_id,
@@ -202,6 +220,36 @@ class JobStore:
                 param="file",
                 code="insufficient_quota",
             )
+    def process_file(self, file_id: str, limits: ReadLimits | None = None) -> File | None:
+        """Validate an `uploaded` file and record `processed` or `error` (None: no such file).
+
+        Idempotent and safe to race (the server's validation pool and a worker waiting on the
+        file may both run it): the status moves only from `uploaded`, so the first to finish
+        writes it and the other's identical verdict is dropped.
+        """
+        with self.reading() as s:
+            row = s.scalar(select(File).where(File.id == file_id))
+        if row is None or row.status != "uploaded":
+            return row
+        path = self.file_path(row)
+        if path.is_file():
+            status, details, report = validate_upload(path, limits)
+        else:
+            status, details, report = "error", "the file's bytes are missing from the store", None
+        with self.session() as s:
+            s.execute(
+                update(File)
+                .where(File.id == file_id, File.status == "uploaded")
+                .values(status=status, status_details=details, report=report)
+            )
+        with self.reading() as s:
+            return s.scalar(select(File).where(File.id == file_id))
+
+    def unprocessed_files(self) -> list[str]:
+        """Ids of files still `uploaded` (a server that stopped mid-validation left them)."""
+        with self.reading() as s:
+            q = select(File.id).where(File.status == "uploaded").order_by(File.seq)
+            return list(s.scalars(q))
 
     def get_file(self, org_id: str, file_id: str) -> File:
         with self.reading() as s:
@@ -527,7 +575,7 @@ class JobStore:
                 param=param,
                 code="invalid_file",
             )
-        if f.status != "processed":
+        if f.status == "error":  # still `uploaded`: the job waits in validating_files
             raise InvalidRequest(
                 f"File {file_id} failed validation: {f.status_details}",
                 param=param,
@@ -930,45 +978,77 @@ def json_safe(data: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def validate_upload(path: Path) -> tuple[str, str | None, dict[str, Any] | None]:
-    """(status, status_details, report) of an uploaded training file, by the data pipeline."""
-    from tuneforge.data.io import DatasetError, read_dataset
-    from tuneforge.data.validate import validate
+def validate_upload(
+    path: Path, limits: ReadLimits | None = None
+) -> tuple[str, str | None, dict[str, Any] | None]:
+    """(status, status_details, report) of an uploaded training file, by the data pipeline.
+
+    A streamed pass in bounded memory (one example at a time, hashes for duplicates, Parquet
+    refused by its footer when over `limits`), whatever the file's size.
+    """
+    from tuneforge.data.io import DatasetError, stream_dataset
+    from tuneforge.data.validate import validate_streamed
 
     try:
-        report = validate(read_dataset(path))
+        report = validate_streamed(stream_dataset(path, limits=limits or ReadLimits()))
     except DatasetError as err:
         return "error", str(err).replace(str(path), "file"), None
+    except Exception:  # a reader's bug must not leave the file `uploaded` forever
+        log.exception("validating %s failed", path)
+        return "error", "the file could not be read as a dataset", None
     as_dict = report.to_dict(limit=50)
     as_dict["path"] = None  # the store's path is nobody's business
     if report.ok:
         return "processed", None, as_dict
+    errors = report.errors
     lines = []
-    for p in report.errors[:20]:
+    for p in errors[:20]:
         where = f"line {p.line}: " if p.line is not None else ""
         lines.append(f"{where}{p.message} [{p.code}]")
-    more = len(report.errors) - len(lines)
+    more = report.counts_by_severity["error"] - len(lines)
     details = "; ".join(lines) + (f"; and {more} more errors" if more > 0 else "")
     return "error", details, as_dict
 
 
+def remove_orphaned_uploads(files_dir: Path, grace_s: float = UPLOAD_GRACE_S) -> int:
+    """Delete `.upload-*` files older than `grace_s` (a crashed upload's). Returns how many."""
+    removed = 0
+    cutoff = time.time() - grace_s
+    for tmp in files_dir.glob(".upload-*"):
+        with contextlib.suppress(FileNotFoundError):
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
 def write_upload(stream: Any, dest: Path, max_bytes: int, chunk: int = 1 << 20) -> int:
-    """Copy a file-like `stream` into `dest`, refusing more than `max_bytes`. Returns the size."""
+    """Copy a file-like `stream` into `dest`, refusing more than `max_bytes`. Returns the size.
+
+    `chunk` bytes at a time, fsynced before returning (the row that points at the file is
+    committed next: a crash must not leave it pointing at a file the kernel never wrote).
+    On any error `dest` is removed.
+    """
     from tuneforge.jobs.errors import TooLarge
 
     total = 0
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "wb") as out:
-        while True:
-            block = stream.read(chunk)
-            if not block:
-                break
-            total += len(block)
-            if total > max_bytes:
-                out.close()
-                os.unlink(dest)
-                raise TooLarge(
-                    f"File is larger than the {max_bytes:,}-byte upload limit.", param="file"
-                )
-            out.write(block)
+    try:
+        with open(dest, "wb") as out:
+            while True:
+                block = stream.read(chunk)
+                if not block:
+                    break
+                total += len(block)
+                if total > max_bytes:
+                    raise TooLarge(
+                        f"File is larger than the {max_bytes:,}-byte upload limit.", param="file"
+                    )
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dest)
+        raise
     return total

@@ -195,20 +195,9 @@ class Worker:
         job_dir = store.job_dir(job.id)
         out_dir = Path(job.train_overrides["output.dir"])
         if job.status == "validating_files":
-            problem = self._check_files(job)
-            if problem:
-                store.finish_job(
-                    job.id,
-                    me,
-                    "failed",
-                    problem,
-                    level="error",
-                    error={
-                        "code": "invalid_training_file",
-                        "message": problem,
-                        "param": "training_file",
-                    },
-                )
+            error = self._check_files(job)
+            if error:
+                store.finish_job(job.id, me, "failed", error["message"], level="error", error=error)
                 return "failed"
             store.update_job(job.id, me, status="queued")
             store.add_event(job.id, "Files validated, moving job to queued state")
@@ -280,15 +269,46 @@ class Worker:
             _kill(spare, signal.SIGKILL)
             spare.wait()
 
-    def _check_files(self, job: Job) -> str | None:
-        for file_id in filter(None, (job.training_file, job.validation_file)):
+    def _check_files(self, job: Job) -> dict[str, Any] | None:
+        """The job's `error` (OpenAI's shape) when a file of it is gone or failed validation.
+
+        A file still `uploaded` (the server's validation pool has not reached it, or the
+        server stopped) is validated here, the lease kept alive meanwhile.
+        """
+        files = (("training_file", job.training_file), ("validation_file", job.validation_file))
+        for param, file_id in files:
+            if not file_id:
+                continue
             try:
                 f = self.store.get_file(job.org_id, file_id)
             except Exception:
-                return f"File {file_id} was deleted before the job started."
+                message = f"File {file_id} was deleted before the job started."
+                return {"code": f"invalid_{param}", "message": message, "param": param}
             if not self.store.file_path(f).is_file():
-                return f"File {file_id} is missing from the store."
+                message = f"File {file_id} is missing from the store."
+                return {"code": f"invalid_{param}", "message": message, "param": param}
+            if f.status == "uploaded":
+                f = self._validate_file(job, file_id) or f
+            if f.status == "error":
+                message = f"File {file_id} failed validation: {f.status_details}"
+                return {"code": f"invalid_{param}", "message": message, "param": param}
         return None
+
+    def _validate_file(self, job: Job, file_id: str) -> Any:
+        """`store.process_file` in a thread, heartbeating the job's lease until it is done."""
+        result: dict[str, Any] = {}
+
+        def run() -> None:
+            result["file"] = self.store.process_file(file_id)
+
+        thread = threading.Thread(target=run, name=f"validate-{file_id}", daemon=True)
+        thread.start()
+        beat_every = max(0.2, min(self.lease_s / 3, 1.0))
+        while thread.is_alive():
+            thread.join(beat_every)
+            if thread.is_alive():
+                self.store.heartbeat(job.id, self.worker_id, self.lease_s)
+        return result.get("file")
 
     def _watch(self, job: Job, proc: subprocess.Popen, job_dir: Path, out_dir: Path) -> str:
         store, me = self.store, self.worker_id

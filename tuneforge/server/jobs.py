@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Request
 
+from tuneforge.data.io import ReadLimits
 from tuneforge.inference.registry import ModelEntry, NotDeletable
 from tuneforge.jobs.errors import StoreError
 from tuneforge.jobs.limits import JobLimits
@@ -32,13 +34,25 @@ log = logging.getLogger("tuneforge.server")
 class JobsState:
     """The store (opened on first use), and the in-process worker if any."""
 
-    def __init__(self, data_dir: Path, url: str | None = None, limits: JobLimits | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        url: str | None = None,
+        limits: JobLimits | None = None,
+        *,
+        upload_limits: ReadLimits | None = None,
+        validation_workers: int = 2,
+    ):
         self.data_dir = Path(data_dir)
         self.url = url
         self.limits = limits or JobLimits()
         self._store: JobStore | None = None
         self._lock = threading.Lock()
         self.worker: Worker | None = None
+        # Uploads are validated here, off the request path; a bounded pool, so a burst of
+        # uploads queues instead of parsing all at once.
+        self.upload_limits = upload_limits
+        self._validation = ThreadPoolExecutor(validation_workers, "tuneforge-validate")
 
     @property
     def opened(self) -> bool:
@@ -98,7 +112,18 @@ class JobsState:
         self.store.delete_model(m.org, model_id)  # Conflict while a job starts from it
         return True
 
+    def validate_later(self, file_id: str) -> None:
+        """Queue an `uploaded` file for validation (it moves to `processed` or `error`)."""
+        self._validation.submit(self._validate, file_id)
+
+    def _validate(self, file_id: str) -> None:
+        try:
+            self.store.process_file(file_id, self.upload_limits)
+        except Exception:  # the file stays `uploaded`; the next start or a worker retries
+            log.exception("validating file %s failed", file_id)
+
     def close(self) -> None:
+        self._validation.shutdown(wait=False, cancel_futures=True)
         if self.worker is not None:
             self.worker.stop(timeout=self.worker.stop_grace_s + 10)
         if self._store is not None:
@@ -108,8 +133,17 @@ class JobsState:
 def install(app: FastAPI) -> None:
     """Startup hook: job state on `app.state.jobs`, fine-tunes in the registry, the worker."""
     settings = app.state.settings
-    state = JobsState(settings.data_dir, settings.database_url, settings.job_limits())
+    state = JobsState(
+        settings.data_dir,
+        settings.database_url,
+        settings.job_limits(),
+        upload_limits=settings.upload_limits(),
+        validation_workers=settings.upload_validation_workers,
+    )
     app.state.jobs = state
+    if state.exists():  # files a stopped server had not validated yet
+        for file_id in state.store.unprocessed_files():
+            state.validate_later(file_id)
     app.state.registry.add_source(state, root=Path(settings.data_dir).resolve())
     if settings.worker:
         state.worker = Worker(

@@ -53,7 +53,7 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:  # this path's cap (uploads have their own)
                     # Answer 413 now; the app sees a disconnect and whatever it sends is dropped.
                     rejected = True
                     if not started:

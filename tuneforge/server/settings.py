@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tuneforge.data.io import ReadLimits
 from tuneforge.jobs.limits import JobLimits
 
 ENV_PREFIX = "TUNEFORGE_"
@@ -64,6 +65,18 @@ class ServerSettings(BaseModel):
     )
     max_upload_bytes: int = Field(
         512 * 1024 * 1024, ge=1024, description="Largest file accepted by POST /v1/files (413)."
+    )
+    max_upload_rows: int = Field(
+        ReadLimits.max_rows,
+        ge=1,
+        description="Most rows of an uploaded Parquet file, read from its footer before any "
+        "decoding (the file ends `error` above it; decoded text is capped at max_upload_bytes).",
+    )
+    upload_validation_workers: int = Field(
+        2,
+        ge=1,
+        description="Uploads validated at once, in background threads of the server (an upload "
+        "answers `uploaded` at once and moves to `processed` or `error`).",
     )
 
     # -- what one job may cost, and per-organization quotas (tuneforge.jobs.limits) ----------
@@ -202,6 +215,9 @@ class ServerSettings(BaseModel):
             max_active_jobs=self.org_max_active_jobs,
             max_file_bytes=self.org_max_file_bytes,
         )
+    def upload_limits(self) -> ReadLimits:
+        """What validating an upload accepts before refusing the file."""
+        return ReadLimits(max_rows=self.max_upload_rows, max_bytes=self.max_upload_bytes)
 
     def key_table(self) -> dict[str, str]:
         """Every accepted API key -> its organization id (empty: auth is off)."""

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from tuneforge.inference.params import TokenLogprob
 from tuneforge.server.auth import CurrentPrincipal

@@ -1,8 +1,9 @@
 """`/v1/files`: upload, list, retrieve, download and delete files.
 
-Uploads are validated by the data pipeline when their purpose is `fine-tune`: the file is
+Uploads are validated by the data pipeline when their purpose is `fine-tune`, off the request
+path, as OpenAI's files were: the upload answers `uploaded` at once, and the file moves to
 `processed`, or `error` with every problem and its line number in `status_details` (and the
-full report in `report`). Files are stored under their id, never the client's filename;
+report in `report`). Files are stored under their id, never the client's filename;
 result files of jobs (`fine-tune-results`, the metrics CSV) are listed here too.
 """
 
@@ -12,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 
 from tuneforge.jobs.errors import StoreError
@@ -20,7 +21,7 @@ from tuneforge.jobs.schemas import FileDeleted, FilePublic, ListPage
 from tuneforge.jobs.store import new_id, write_upload
 from tuneforge.server.deps import CurrentPrincipal, Settings
 from tuneforge.server.errors import ERROR_RESPONSES
-from tuneforge.server.jobs import Store, api_error
+from tuneforge.server.jobs import JobsState, Store, api_error
 
 router = APIRouter(
     prefix="/v1",
@@ -39,13 +40,15 @@ def store_errors() -> Iterator[None]:
 
 @router.post("/files", responses={413: ERROR_RESPONSES[413]})
 def upload_file(
+    request: Request,
     store: Store,
     settings: Settings,
     principal: CurrentPrincipal,
     file: Annotated[UploadFile, File(description="The dataset (JSONL).")],
     purpose: Annotated[str, Form(description="Only 'fine-tune' is accepted.")],
 ) -> FilePublic:
-    """Upload a training or validation file; it is validated before this returns."""
+    """Upload a training or validation file: `uploaded` now, `processed` or `error` once
+    validated (retrieve it to see which)."""
     with store_errors():
         if purpose != "fine-tune":
             raise StoreError(
@@ -54,7 +57,11 @@ def upload_file(
             )
         tmp = store.data_dir / "files" / f".upload-{new_id('u', 12)}"
         write_upload(file.file, tmp, settings.max_upload_bytes)
-        row = store.add_file(principal.org_id, file.filename or "upload.jsonl", purpose, tmp)
+        row = store.add_file(
+            principal.org_id, file.filename or "upload.jsonl", purpose, tmp, validate=False
+        )
+    jobs: JobsState = request.app.state.jobs
+    jobs.validate_later(row.id)
     return FilePublic.of(row)
 
 
