@@ -220,6 +220,7 @@ class JobStore:
                 param="file",
                 code="insufficient_quota",
             )
+
     def process_file(self, file_id: str, limits: ReadLimits | None = None) -> File | None:
         """Validate an `uploaded` file and record `processed` or `error` (None: no such file).
 

@@ -215,6 +215,7 @@ class ServerSettings(BaseModel):
             max_active_jobs=self.org_max_active_jobs,
             max_file_bytes=self.org_max_file_bytes,
         )
+
     def upload_limits(self) -> ReadLimits:
         """What validating an upload accepts before refusing the file."""
         return ReadLimits(max_rows=self.max_upload_rows, max_bytes=self.max_upload_bytes)
