@@ -390,6 +390,7 @@ def test_untrainable_data_fails_the_job_with_a_clear_error_and_no_paths(api):
     client = client_for(api)
     # Valid at upload; but every example is longer than 8 tokens, so training drops them all.
     f = client.files.create(file=("train.jsonl", chat_jsonl(12)), purpose="fine-tune")
+    f = wait_for_file(client, f.id)
     assert f.status == "processed", f.status_details
     job = client.fine_tuning.jobs.create(
         model="tiny-llama", training_file=f.id, method=_method(1, 2, data={"max_length": 8})
