@@ -1,7 +1,7 @@
 """Reference pages generated from the code, so they cannot drift from it.
 
-`cli_reference()` walks the Typer app; `config_reference()` walks `TrainConfig`. Write both
-with ``python -m tuneforge.docgen docs/``; a test fails when the committed pages differ from
+`cli_reference()` walks the Typer app, `config_reference()` walks `TrainConfig` and
+`server_reference()` walks `ServerSettings` (every limit of the server). Write them all with ``python -m tuneforge.docgen docs/``; a test fails when the committed pages differ from
 what the code generates.
 """
 
@@ -127,7 +127,41 @@ def config_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-PAGES = {"cli.md": cli_reference, "config.md": config_reference}
+def server_reference() -> str:
+    """Markdown table of every `ServerSettings` field: the server's knobs and limits."""
+    from tuneforge.server.settings import ENV_PREFIX, ServerSettings
+
+    rows = []
+    for name, field in ServerSettings.model_fields.items():
+        default = field.default_factory() if field.default_factory is not None else field.default
+        text = (field.description or "").replace("|", "/")
+        env = f"`{ENV_PREFIX}{name.upper()}`"
+        rows.append(f"| `{name}` | {env} | `{default}` | {text} |")
+    lines = [
+        GENERATED,
+        "# Server settings and limits",
+        "",
+        "Every setting of `tuneforge serve` (and of the job worker it runs): the request, upload,",
+        "job and per-organization limits, who may call, and where things live. Set one with its",
+        "environment variable (lists are comma-separated, booleans `1`/`true`), with the `serve`",
+        "option of the same name where [cli.md](cli.md) lists one, or in Python with",
+        "`ServerSettings(...)`. A request over a limit gets OpenAI's error shape and never a",
+        "traceback or a server path: 400 for a bad or too-large value (with `param`), 413 for a",
+        "body over its cap, 429 for a full queue or a spent quota. Limits fixed in the code (line",
+        "and regex sizes) are in [fine-tuning-api.md](fine-tuning-api.md).",
+        "",
+        "| setting | environment | default | meaning |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+PAGES = {
+    "cli.md": cli_reference,
+    "config.md": config_reference,
+    "server-settings.md": server_reference,
+}
 
 
 def main(argv: list[str] | None = None) -> None:
