@@ -38,15 +38,14 @@ def _runner_pids(job_dir: Path) -> list[int]:
     return pids
 
 
-def _start_worker(data_dir: Path, log: Path) -> subprocess.Popen:
+def _start_worker(store_args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "tuneforge",
             "worker",
-            "--data-dir",
-            str(data_dir),
+            *store_args,
             "--lease-seconds",
             "2",
             "--no-prewarm",  # a standby training process would only compete for the CPU here
@@ -57,7 +56,7 @@ def _start_worker(data_dir: Path, log: Path) -> subprocess.Popen:
 
 
 def test_sigkilled_worker_job_resumes_from_checkpoint_with_events_kept(
-    store, upload, tmp_path, tiny_model_dir
+    store, store_args, upload, tmp_path, tiny_model_dir
 ):
     f = upload("org-a", write_chat(tmp_path / "train.jsonl", 16))
     req = JobCreate(
@@ -74,7 +73,7 @@ def test_sigkilled_worker_job_resumes_from_checkpoint_with_events_kept(
     )
     job = store.create_job("org-a", req)
     log = tmp_path / "worker.log"
-    first = _start_worker(store.data_dir, log)
+    first = _start_worker(store_args, log)
     try:
         _wait(
             lambda: (
@@ -92,7 +91,7 @@ def test_sigkilled_worker_job_resumes_from_checkpoint_with_events_kept(
     # The training subprocess died with its worker (PR_SET_PDEATHSIG / watchdog).
     _wait(lambda: not _runner_pids(store.job_dir(job.id)), 10, "the runner to exit")
 
-    second = _start_worker(store.data_dir, log)
+    second = _start_worker(store_args, log)
     try:
         done = _wait(
             lambda: (j := store.get_job("org-a", job.id)).status in ("succeeded", "failed") and j,
