@@ -251,3 +251,15 @@ def test_a_dead_workers_job_pauses_at_once_and_its_worker_can_write_nothing(
     assert store.heartbeat(job.id, "w1", 60) == (False, None)
     assert not store.update_job(job.id, "w1", status="running")
     assert store.claim("w2", lease_s=60) is None  # paused jobs are not runnable
+
+
+def test_a_bare_postgresql_url_opens_with_the_installed_driver(postgres, tmp_path):
+    url = postgres.new_database()
+    bare = url.replace("postgresql+psycopg://", "postgresql://")  # as the docs show it
+    other = JobStore(tmp_path / "other", bare)
+    try:
+        assert other.engine.dialect.driver == "psycopg"
+        assert other.count_jobs() == 0
+    finally:
+        other.close()
+        postgres.drop_database(url)
