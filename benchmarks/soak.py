@@ -136,7 +136,8 @@ def run_soak(
     next_kill = t0 + rng.uniform(1.0, 3.0)
     try:
         while time.monotonic() - t0 < time_limit:
-            if server_done and store.count_jobs("succeeded") >= jobs:
+            finished = sum(store.count_jobs(st) for st in ("succeeded", "failed", "cancelled"))
+            if server_done and finished >= jobs:
                 break
             for name, proc in list(procs.items()):
                 rc = proc.poll()

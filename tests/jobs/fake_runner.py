@@ -39,6 +39,13 @@ def on_term(*_):
 signal.signal(signal.SIGTERM, on_term)
 
 
+def write_json(path, data):
+    """Atomically, as the real runner does: the worker may read the file at any moment."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
 def checkpoint(step):
     d = out / "checkpoints" / f"step-{step:06d}"
     d.mkdir(parents=True, exist_ok=True)
@@ -56,12 +63,12 @@ if metrics.is_file() and start:
     kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= start]
 metrics.write_text("".join(line + "\n" for line in kept))
 hp = {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1.0}
-(job_dir / "run.json").write_text(json.dumps({"total_steps": total, "hyperparameters": hp}))
+write_json(job_dir / "run.json", {"total_steps": total, "hyperparameters": hp})
 print(f"resumed from step {start}" if start else "fresh start", flush=True)
 for step in range(start + 1, total + 1):
     time.sleep(step_s)
     if os.environ.get("FAKE_FAIL") and step == 2:
-        (job_dir / "result.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+        write_json(job_dir / "result.json", {"status": "failed", "error": "boom"})
         sys.exit(1)
     rec = {"step": step, "train_loss": 1.0 / step, "tokens": 10 * step, "elapsed": 0.1 * step}
     with open(metrics, "a") as f:
@@ -69,13 +76,14 @@ for step in range(start + 1, total + 1):
     if step % 2 == 0 or stop:
         checkpoint(step)
     if stop:
-        (job_dir / "result.json").write_text(json.dumps({"status": "stopped", "step": step}))
+        write_json(job_dir / "result.json", {"status": "stopped", "step": step})
         sys.exit(130)
 (out / "adapter_model.safetensors").write_bytes(b"w")
 (out / "adapter_config.json").write_text("{}")
 (out / "results.csv").write_text(
     "step,train_loss\n" + "".join(f"{s},{1 / s}\n" for s in range(1, total + 1))
 )
-(job_dir / "result.json").write_text(
-    json.dumps({"status": "completed", "step": total, "metrics": {"tokens": 10 * total}})
+write_json(
+    job_dir / "result.json",
+    {"status": "completed", "step": total, "metrics": {"tokens": 10 * total}},
 )

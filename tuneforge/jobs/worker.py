@@ -244,7 +244,7 @@ class Worker:
         if not ours:
             return "lost"
         if control in ("cancel", "pause"):
-            return self._stop_unstarted(job, control, resumed_step or 0)
+            return self._stop_unstarted(job, control)
         proc = self._take_spare(job_dir, log_path) or self._spawn(job_dir, log_path)
         try:
             return self._watch(job, proc, job_dir, out_dir)
@@ -253,14 +253,13 @@ class Worker:
             proc.wait()
             raise
 
-    def _stop_unstarted(self, job: Job, control: str, step: int = 0) -> str:
+    def _stop_unstarted(self, job: Job, control: str) -> str:
         """Record a cancel / pause that came before training started."""
-        status = "cancelled" if control == "cancel" else "paused"
-        message = (
-            "Fine-tuning job cancelled"
-            if status == "cancelled"
-            else (f"Fine-tuning job paused at step {step}")
-        )
+        step = _latest_step(Path(job.train_overrides["output.dir"])) or 0
+        if control == "cancel":
+            status, message = "cancelled", "Fine-tuning job cancelled"
+        else:
+            status, message = "paused", f"Fine-tuning job paused at step {step}"
         return status if self.store.finish_job(job.id, self.worker_id, status, message) else "lost"
 
     def _spawn(self, job_dir: Path | None, log_path: Path | None) -> subprocess.Popen:
