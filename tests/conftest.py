@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.postgres import PostgresCluster
 from tuneforge.modeling.tiny import build_model, save_model_folder, train_tokenizer
 
 # Two cores: keep each test process from oversubscribing them.
@@ -44,3 +48,30 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer):
     """A saved 2-layer, 64-wide GPT-2 model folder (safetensors + tokenizer)."""
     path = tmp_path_factory.mktemp("tiny-gpt2")
     return save_model_folder(build_model(tiny_tokenizer, arch="gpt2"), tiny_tokenizer, path)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster for the session (see tests/postgres.py). Its folder
+    is not under pytest's basetemp: a second pytest run prunes old basetemps, and would
+    delete the data of a server still running."""
+    root = Path(tempfile.mkdtemp(prefix="tuneforge-pg-"))
+    cluster = PostgresCluster.start(root / "pgdata")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request):
+    """The job store's database URL: None (SQLite in the data directory), or a fresh
+    database of its own on the session's PostgreSQL cluster. Tests that take it run on both."""
+    if request.param == "sqlite":
+        yield None
+        return
+    cluster = request.getfixturevalue("postgres")
+    url = cluster.new_database()
+    yield url
+    cluster.drop_database(url)

@@ -12,10 +12,18 @@ from tuneforge.jobs import JobStore
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = JobStore.open(tmp_path / "data")
+def store(tmp_path, store_url):
+    """A store of its own, on SQLite and on PostgreSQL (the `store_url` parameter)."""
+    s = JobStore.open(tmp_path / "data", store_url)
     yield s
     s.close()
+
+
+@pytest.fixture
+def store_args(store):
+    """CLI options that open `store` (`tuneforge worker`, `tuneforge jobs ...`)."""
+    args = ["--data-dir", str(store.data_dir)]
+    return args if store.url.startswith("sqlite") else [*args, "--database-url", store.url]
 
 
 @pytest.fixture

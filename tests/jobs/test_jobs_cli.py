@@ -13,10 +13,10 @@ from tuneforge.jobs import JobCreate
 runner = CliRunner()
 
 
-def test_jobs_and_models_commands_on_the_store(store, upload, tmp_path):
+def test_jobs_and_models_commands_on_the_store(store, store_args, upload, tmp_path):
     f = upload("org-a", write_chat(tmp_path / "t.jsonl"))
     job = store.create_job("org-a", JobCreate(model="tiny-base", training_file=f.id))
-    data = ["--data-dir", str(store.data_dir)]
+    data = store_args
 
     listed = runner.invoke(app, ["jobs", "list", *data, "--json"])
     assert listed.exit_code == 0, listed.output
@@ -27,7 +27,7 @@ def test_jobs_and_models_commands_on_the_store(store, upload, tmp_path):
     )
 
     shown = json.loads(runner.invoke(app, ["jobs", "show", job.id, *data]).output)
-    assert shown["object"] == "fine_tuning.job" and shown["status"] == "validating_files"
+    assert shown["object"] == "fine_tuning.job" and shown["status"] == "queued"
     assert shown["error"] is None and shown["checkpoints"] == []
 
     events = runner.invoke(app, ["jobs", "events", job.id, *data])

@@ -130,3 +130,18 @@ def test_upload_report_keeps_line_numbers_of_a_large_file(store, tmp_path):
     assert f.status_details.endswith("; and 2981 more errors")  # 20 of 3001 listed
     assert f.report["counts_by_severity"]["error"] == 3000 + 1  # and too_few_examples
     assert len(f.report["problems"]) == 50
+
+
+def test_a_waiting_job_is_queued_once_its_files_are_processed(store, tmp_path):
+    train = _unvalidated(store, tmp_path, write_chat(tmp_path / "train.jsonl", 12))
+    valid = _unvalidated(store, tmp_path, write_chat(tmp_path / "valid.jsonl", 12, seed=3))
+    job = store.create_job("org-a", _req(train.id, valid.id))
+    assert job.status == "validating_files"
+    store.process_file(train.id)
+    assert store.get_job("org-a", job.id).status == "validating_files"  # one file to go
+    store.process_file(valid.id)
+    assert store.get_job("org-a", job.id).status == "queued"
+    messages = [e.message for e in store.all_events(job.id)]
+    assert messages.count("Files validated, moving job to queued state") == 1
+    # Files already processed: the job waits for a worker as `queued` from the start.
+    assert store.create_job("org-a", _req(train.id)).status == "queued"

@@ -69,7 +69,7 @@ def test_create_job_maps_hyperparameters_and_extension(store, upload, tmp_path):
         },
     )
     job = store.create_job("org-a", req, resolve_base=lambda m: "/models/tiny")
-    assert job.status == "validating_files" and job.seed == 7
+    assert job.status == "queued" and job.seed == 7
     o = job.train_overrides
     assert o["model.name_or_path"] == "/models/tiny" and o["optim.epochs"] == 2
     assert o["optim.lr"] == pytest.approx(1e-4) and o["lora.r"] == 4 and o["optim.max_steps"] == 3
@@ -209,3 +209,57 @@ def test_non_finite_metrics_become_null(store, upload, tmp_path):
     (event,) = [e for e in store.all_events(job.id) if e.type == "metrics"]
     assert event.data["train_loss"] is None and event.data["total_steps"] == 5
     assert store.get_job("org-a", job.id).last_step == 1
+
+
+def test_a_job_held_under_a_live_lease_is_never_claimed(store, upload, tmp_path):
+    f = upload("org-a", write_chat(tmp_path / "t.jsonl"))
+    job = store.create_job("org-a", _job(f.id))
+    assert job.status == "queued"  # waiting for a worker
+    claimed = store.claim("w1", lease_s=60)
+    # The claim and the move to running are one step: no window in which it looks free.
+    assert claimed.id == job.id and claimed.status == "running" and claimed.worker_id == "w1"
+    assert store.claim("w2", lease_s=60) is None
+    assert store.get_job("org-a", job.id).worker_id == "w1"
+
+
+def test_pause_and_cancel_of_a_claimed_job_go_through_the_control_flag(store, upload, tmp_path):
+    f = upload("org-a", write_chat(tmp_path / "t.jsonl"))
+    job = store.create_job("org-a", _job(f.id))
+    store.claim("w1", lease_s=60)  # claimed, training not started yet
+    paused = store.pause_job("org-a", job.id)
+    assert paused.status == "running" and paused.control == "pause"
+    assert store.heartbeat(job.id, "w1", 60) == (True, "pause")
+    assert store.finish_job(job.id, "w1", "paused", "Fine-tuning job paused at step 0")
+    done = store.get_job("org-a", job.id)
+    assert done.status == "paused" and done.worker_id is None and done.control is None
+
+    other = store.create_job("org-a", _job(f.id))
+    store.claim("w2", lease_s=60)
+    assert store.cancel_job("org-a", other.id).control == "cancel"
+    assert store.heartbeat(other.id, "w2", 60) == (True, "cancel")
+
+
+def test_a_dead_workers_job_pauses_at_once_and_its_worker_can_write_nothing(
+    store, upload, tmp_path
+):
+    f = upload("org-a", write_chat(tmp_path / "t.jsonl"))
+    job = store.create_job("org-a", _job(f.id))
+    store.claim("w1", lease_s=0.2)
+    time.sleep(0.4)  # w1 went silent: nobody holds the job
+    paused = store.pause_job("org-a", job.id)
+    assert paused.status == "paused" and paused.worker_id is None
+    assert store.heartbeat(job.id, "w1", 60) == (False, None)
+    assert not store.update_job(job.id, "w1", status="running")
+    assert store.claim("w2", lease_s=60) is None  # paused jobs are not runnable
+
+
+def test_a_bare_postgresql_url_opens_with_the_installed_driver(postgres, tmp_path):
+    url = postgres.new_database()
+    bare = url.replace("postgresql+psycopg://", "postgresql://")  # as the docs show it
+    other = JobStore(tmp_path / "other", bare)
+    try:
+        assert other.engine.dialect.driver == "psycopg"
+        assert other.count_jobs() == 0
+    finally:
+        other.close()
+        postgres.drop_database(url)

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from jobs_data import write_chat
+from sqlalchemy import update
 
 from tuneforge.jobs import JobCreate, Worker
+from tuneforge.jobs.db import Job
 
 FAKE = [sys.executable, str(Path(__file__).with_name("fake_runner.py"))]
 
@@ -123,3 +125,55 @@ def test_worker_shutdown_requeues_and_the_next_worker_resumes(store, upload, tmp
         thread.join(30)
     steps = _steps(store, job.id)
     assert steps == list(range(1, len(steps) + 1))  # no step logged twice, none missing
+
+
+def test_a_job_paused_after_its_claim_never_starts_training(store, upload, tmp_path):
+    job = _create(store, upload, tmp_path, steps=6)
+    w = Worker(store, lease_s=30, poll_s=0.05, prewarm=False, command=FAKE)
+    claimed = store.claim(w.worker_id, w.lease_s)  # claimed, its training not started yet
+    assert store.pause_job("org-a", job.id).control == "pause"
+    assert w.run_job(claimed) == "paused"
+    paused = store.get_job("org-a", job.id)
+    assert paused.status == "paused" and paused.worker_id is None and paused.control is None
+    assert _steps(store, job.id) == []  # nothing trained
+    assert not (store.job_dir(job.id) / "run.json").exists()
+    # Resumed, it runs to the end on the next claim.
+    store.resume_job("org-a", job.id)
+    w.run(once=True)
+    assert store.get_job("org-a", job.id).status == "succeeded"
+    assert _steps(store, job.id) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_worker_that_lost_the_lease_before_starting_spawns_nothing(store, upload, tmp_path):
+    job = _create(store, upload, tmp_path, steps=6)
+    slow = Worker(store, lease_s=0.2, poll_s=0.05, prewarm=False, command=FAKE)
+    claimed = store.claim(slow.worker_id, slow.lease_s)
+    time.sleep(0.4)  # `slow` stalls past its lease; another worker takes the job over
+    assert store.claim("w-other", lease_s=60).id == job.id
+    assert slow.run_job(claimed) == "lost"
+    logs = store.job_dir(job.id) / "logs"
+    assert not logs.exists() or not list(logs.iterdir())  # no training process was started
+    now = store.get_job("org-a", job.id)
+    assert now.worker_id == "w-other" and now.status == "running"
+    messages = [e.message for e in store.all_events(job.id)]
+    assert "Fine-tuning job started" not in messages  # `slow` wrote nothing
+
+
+def test_a_worker_that_loses_the_lease_while_training_kills_it(store, upload, tmp_path, worker):
+    job = _create(store, upload, tmp_path, steps=400)
+    _wait(store, job.id, "running", step=3)
+    # Another worker takes the job over (as if this one had stalled past its lease).
+    with store.session() as s:
+        s.execute(
+            update(Job)
+            .where(Job.id == job.id)
+            .values(worker_id="w-other", lease_expires_at=time.time() + 60)
+        )
+    time.sleep(1.0)  # a few polls
+    at = store.get_job("org-a", job.id).last_step
+    metrics = Path(store.get_job("org-a", job.id).train_overrides["output.dir"]) / "metrics.jsonl"
+    lines = len(metrics.read_text().splitlines())
+    time.sleep(0.6)
+    assert len(metrics.read_text().splitlines()) == lines  # its training process is gone
+    assert store.get_job("org-a", job.id).last_step == at
+    assert store.get_job("org-a", job.id).worker_id == "w-other"

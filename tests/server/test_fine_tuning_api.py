@@ -62,13 +62,16 @@ def client_for(running: RunningServer, key: str = "sk-org-a") -> OpenAI:
     return OpenAI(base_url=running.v1, api_key=key, max_retries=0, timeout=60)
 
 
-def _start(model_store: Path, tmp_path: Path, worker: bool, **extra) -> RunningServer:
+def _start(
+    model_store: Path, tmp_path: Path, worker: bool, database_url: str | None = None, **extra
+) -> RunningServer:
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps(KEYS))
     settings = ServerSettings(
         model_dir=model_store,
         base_model="tiny-llama",
         data_dir=tmp_path / "data",
+        database_url=database_url,
         api_keys_file=keys,
         torch_threads=1,
         worker=worker,
@@ -79,17 +82,19 @@ def _start(model_store: Path, tmp_path: Path, worker: bool, **extra) -> RunningS
 
 
 @pytest.fixture
-def api(model_store, tmp_path) -> Iterator[RunningServer]:
-    """A server with its job worker."""
-    running = _start(model_store, tmp_path, worker=True)
+def api(model_store, tmp_path, store_url) -> Iterator[RunningServer]:
+    """A server with its job worker, on SQLite and on PostgreSQL (`store_url`)."""
+    running = _start(model_store, tmp_path, worker=True, database_url=store_url)
     yield running
     stop_server(running)
 
 
 @pytest.fixture
-def api_no_worker(model_store, tmp_path) -> Iterator[RunningServer]:
-    """A server whose jobs stay queued (nothing trains)."""
-    running = _start(model_store, tmp_path, worker=False, max_upload_bytes=4096)
+def api_no_worker(model_store, tmp_path, store_url) -> Iterator[RunningServer]:
+    """A server whose jobs stay queued (nothing trains), on SQLite and on PostgreSQL."""
+    running = _start(
+        model_store, tmp_path, worker=False, database_url=store_url, max_upload_bytes=4096
+    )
     yield running
     stop_server(running)
 
@@ -146,7 +151,7 @@ def test_fine_tune_end_to_end_then_continue_from_the_fine_tune(api):
         metadata={"run": "e2e"},
         method=_method(1, 4, checkpoint={"save_every": 2}, eval={"eval_every": 2}),
     )
-    assert job.object == "fine_tuning.job" and job.status == "validating_files"
+    assert job.object == "fine_tuning.job" and job.status == "queued"
     assert job.fine_tuned_model is None and job.finished_at is None and job.error is None
     job = wait_for(client, job.id, {"succeeded"})
     short_id = job.id.removeprefix("ftjob-")

@@ -186,7 +186,7 @@ def make_engine(url: str, *, writer: bool = True) -> Engine:
     never blocks: listings and lookups do not wait for the worker's writes.
     """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(postgres_driver(url), pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
@@ -204,6 +204,16 @@ def make_engine(url: str, *, writer: bool = True) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
     return engine
+
+
+def postgres_driver(url: str) -> str:
+    """`postgresql://...` (and `postgres://...`) with the psycopg 3 driver named: SQLAlchemy
+    would pick psycopg2 for a bare scheme, which TuneForge neither installs nor tests
+    (`pip install 'tuneforge[postgres]'` installs psycopg 3). Other URLs pass unchanged."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url.removeprefix(bare)
+    return url
 
 
 @contextlib.contextmanager

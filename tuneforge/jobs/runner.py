@@ -12,7 +12,8 @@ recipe, and writes two small files the worker reads:
   the job's `error` object (`tuneforge.jobs.failures`: code, message, param; no paths).
 
 Exit status: 0 completed, 130 stopped on SIGTERM/SIGINT (after a checkpoint: the loop checks
-the request at every step), 1 failed. The process dies with its worker: on Linux through
+the request at every optimizer step; a signal that comes during setup is held until the loop
+listens), 1 failed. The process dies with its worker: on Linux through
 PR_SET_PDEATHSIG, elsewhere through a watchdog thread, so a SIGKILLed worker never leaves a
 training process behind to race the worker that takes the job over.
 """
@@ -53,6 +54,25 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
+class _EarlyStop:
+    """SIGTERM / SIGINT that arrive before the training loop installs its own handlers (while
+    torch imports, or the model loads) are remembered instead of killing the process, and
+    re-delivered once the loop listens: a pause or cancel then still ends training after its
+    first optimizer step, with a checkpoint, never by the default action mid-setup."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._remember)
+
+    def _remember(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+
+    def redeliver(self) -> None:
+        if self.signum is not None:
+            os.kill(os.getpid(), self.signum)
+
+
 def _write(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
@@ -83,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m tuneforge.jobs.runner JOB_DIR | --standby", file=sys.stderr)
         return 2
     _die_with_parent()
+    early = _EarlyStop()
     if argv[0] == "--standby":
         found = _standby()
         if found is None:
@@ -109,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         console = Console(file=sys.stderr, force_terminal=False, width=120)
         recipe = FinetuneRecipe(cfg, console)
         try:
-            recipe.setup()
+            recipe.setup()  # installs the loop's SIGTERM / SIGINT handlers
+            early.redeliver()
             resolved = recipe.cfg.model_dump(mode="json")
             _write(
                 job_dir / "run.json",

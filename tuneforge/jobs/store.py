@@ -23,7 +23,7 @@ import secrets
 import shutil
 import string
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -238,13 +238,33 @@ class JobStore:
         else:
             status, details, report = "error", "the file's bytes are missing from the store", None
         with self.session() as s:
-            s.execute(
+            res = s.execute(
                 update(File)
                 .where(File.id == file_id, File.status == "uploaded")
                 .values(status=status, status_details=details, report=report)
             )
+            if res.rowcount == 1 and status == "processed":
+                self._queue_jobs_waiting_on(s, file_id)
         with self.reading() as s:
             return s.scalar(select(File).where(File.id == file_id))
+
+    def _queue_jobs_waiting_on(self, s: Session, file_id: str) -> None:
+        """Move jobs no worker holds from `validating_files` to `queued` once all their files
+        are processed. (A file that ends `error` fails its jobs when a worker claims them.)"""
+        waiting = s.scalars(
+            select(Job).where(
+                Job.status == "validating_files",
+                Job.worker_id.is_(None),
+                or_(Job.training_file == file_id, Job.validation_file == file_id),
+            )
+        )
+        for job in waiting:
+            ids = [i for i in (job.training_file, job.validation_file) if i]
+            statuses = s.scalars(select(File.status).where(File.id.in_(ids))).all()
+            if all(st == "processed" for st in statuses):
+                job.status = "queued"
+                job.version += 1
+                self._event(s, job.id, "Files validated, moving job to queued state")
 
     def unprocessed_files(self) -> list[str]:
         """Ids of files still `uploaded` (a server that stopped mid-validation left them)."""
@@ -422,7 +442,7 @@ class JobStore:
         resolve_base: Callable[[str], str | None] | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
-        """Validate and queue a job (status `validating_files` until a worker takes it).
+        """Validate and queue a job (status `queued` until a worker takes it).
 
         `resolve_base` maps a base model id to a folder or Hub id (the server's model
         registry); without it the id is used as given. An `ft:` id continues from that
@@ -463,6 +483,7 @@ class JobStore:
                     param="model",
                     code="model_not_found",
                 )
+        pending = any(f is not None and f.status == "uploaded" for f in (train, valid))
         job_id = new_id("ftjob")
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31 - 1)
         overrides = plan_training(
@@ -483,7 +504,9 @@ class JobStore:
             id=job_id,
             org_id=org_id,
             created_at=now(),
-            status="validating_files",
+            # A file still being validated holds the job in `validating_files` (the worker that
+            # claims it waits for the verdict); otherwise it waits for a worker as `queued`.
+            status="validating_files" if pending else "queued",
             model=req.model,
             training_file=train.id,
             validation_file=valid.id if valid else None,
@@ -518,6 +541,8 @@ class JobStore:
                 s.flush()
                 self._event(s, job_id, "Created fine-tuning job: " + job_id)
                 self._event(s, job_id, f"Validating training file: {train.id}")
+                if not pending:
+                    self._event(s, job_id, "Files validated, moving job to queued state")
         except IntegrityError:
             # A concurrent request with the same key won the race: answer with its job.
             if idempotency_key:
@@ -666,16 +691,17 @@ class JobStore:
         )
 
     def cancel_job(self, org_id: str | None, job_id: str) -> Job:
-        """Cancel: at once when not running, else ask the worker (it stops at the next step)."""
+        """Cancel: at once when no worker holds the job, else through the control flag (its
+        worker stops training at the next optimizer step and records the cancellation)."""
 
         def change(s: Session, job: Job) -> None:
-            if job.status == "cancelled" or (job.status == "running" and job.control == "cancel"):
+            if job.status == "cancelled" or (held(job) and job.control == "cancel"):
                 return
             if job.status in ("succeeded", "failed"):
                 raise InvalidRequest(
                     f"Job {job.id} has already finished ({job.status}).", param="id"
                 )
-            if job.status == "running":
+            if held(job):
                 job.control = "cancel"
                 self._event(s, job.id, "Cancellation requested; stopping at the next step")
             else:
@@ -685,10 +711,11 @@ class JobStore:
         return self._change_job(org_id, job_id, change)
 
     def pause_job(self, org_id: str | None, job_id: str) -> Job:
-        """Pause: the worker checkpoints and stops; `resume_job` continues from there."""
+        """Pause: at once when no worker holds the job, else through the control flag (its
+        worker checkpoints at the next optimizer step and stops); `resume_job` continues."""
 
         def change(s: Session, job: Job) -> None:
-            if job.status == "paused" or (job.status == "running" and job.control == "pause"):
+            if job.status == "paused" or (held(job) and job.control == "pause"):
                 return
             if job.status in TERMINAL:
                 raise InvalidRequest(
@@ -696,11 +723,17 @@ class JobStore:
                 )
             if job.control == "cancel":
                 raise InvalidRequest(f"Job {job.id} is being cancelled.", param="id")
-            if job.status == "running":
+            if held(job):
                 job.control = "pause"
                 self._event(s, job.id, "Pause requested; checkpointing at the next step")
             else:
+                # A dead worker's lease: it can write nothing more (every worker write is
+                # guarded by worker_id), and a stalled one stops at its next heartbeat.
                 job.status = "paused"
+                job.control = None
+                job.worker_id = None
+                job.lease_expires_at = None
+                job.estimated_finish = None
                 self._event(s, job.id, "Fine-tuning job paused")
 
         return self._change_job(org_id, job_id, change)
@@ -725,6 +758,8 @@ class JobStore:
     def _change_job(
         self, org_id: str | None, job_id: str, change: Callable[[Session, Job], None]
     ) -> Job:
+        """Apply a client's `change` to the row, locked (PostgreSQL) or under SQLite's single
+        writer, so it never interleaves with a claim or a worker's update."""
         self.get_job(org_id, job_id)
         with self.session() as s:
             q = select(Job).where(Job.id == job_id)
@@ -778,19 +813,24 @@ class JobStore:
 
     # ------------------------------------------------------------------ worker side
     def claim(self, worker_id: str, lease_s: float) -> Job | None:
-        """Take the oldest runnable job: queued (or validating), or running with an expired
-        lease (its worker died). Returns it with this worker's lease, or None.
+        """Take the oldest runnable job and move it to `running` under this worker's lease.
 
-        On PostgreSQL the candidate row is locked with FOR UPDATE SKIP LOCKED, so many workers
-        claim different jobs without waiting on each other; everywhere, the update is a
-        compare-and-set on `version`, so two workers can never both win one job.
+        Runnable: queued (or validating) or running, and held by nobody: no worker, or its
+        worker's lease expired (that worker died or stalled). Returns the job, or None.
+
+        The claim is one compare-and-set: the UPDATE repeats the runnable condition and the
+        row's `version`, so of two workers that read the same candidate exactly one wins, and a
+        job held under a live lease is never taken, whatever its status. On PostgreSQL the
+        candidate is also locked FOR UPDATE SKIP LOCKED, so workers claim different jobs
+        without waiting on each other; SQLite serializes writers (BEGIN IMMEDIATE).
         """
         t = time.time()
-        runnable = or_(
-            Job.status.in_(("validating_files", "queued")),
-            and_(
-                Job.status == "running",
-                or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < t),
+        runnable = and_(
+            Job.status.in_(("validating_files", "queued", "running")),
+            or_(
+                Job.worker_id.is_(None),
+                Job.lease_expires_at.is_(None),
+                Job.lease_expires_at < t,
             ),
         )
         with self.session() as s:
@@ -803,17 +843,19 @@ class JobStore:
             previous = (job.status, job.worker_id)
             res = s.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.version == job.version)
+                .where(Job.id == job.id, Job.version == job.version, runnable)
                 .values(
+                    status="running",
                     worker_id=worker_id,
                     lease_expires_at=t + lease_s,
                     attempts=Job.attempts + 1,
                     version=Job.version + 1,
                 )
+                .execution_options(synchronize_session=False)
             )
             if res.rowcount != 1:
                 return None
-            if previous[0] == "running":
+            if previous[1] is not None:
                 self._event(
                     s,
                     job.id,
@@ -835,15 +877,27 @@ class JobStore:
                 return False, None
             return True, s.scalar(select(Job.control).where(Job.id == job_id))
 
-    def update_job(self, job_id: str, worker_id: str, **values: Any) -> bool:
-        """Set fields of a job this worker holds; False when the lease was lost."""
+    def update_job(
+        self,
+        job_id: str,
+        worker_id: str,
+        *,
+        event: tuple[str, dict[str, Any] | None] | None = None,
+        **values: Any,
+    ) -> bool:
+        """Set fields of a job this worker holds (and log `event`, (message, data), in the
+        same transaction); False, and nothing written, when the lease was lost."""
         with self.session() as s:
             res = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker_id == worker_id)
                 .values(version=Job.version + 1, **values)
             )
-            return res.rowcount == 1
+            if res.rowcount != 1:
+                return False
+            if event is not None:
+                self._event(s, job_id, event[0], data=event[1])
+            return True
 
     def finish_job(
         self,
@@ -852,13 +906,19 @@ class JobStore:
         status: str,
         message: str,
         level: str = "info",
+        *,
+        events: Sequence[tuple[str, dict[str, Any] | None]] = (),
         **values: Any,
     ) -> bool:
-        """Move a held job to `status` (terminal, paused or queued) and log `message`."""
+        """Move a held job to `status` (terminal, paused or queued) and log `events` then
+        `message`, all in one transaction: a worker killed half-way never leaves a finished
+        job without its events, nor events of an outcome that was not recorded."""
         with self.session() as s:
             job = s.scalar(select(Job).where(Job.id == job_id, Job.worker_id == worker_id))
             if job is None:
                 return False
+            for ev_message, ev_data in events:
+                self._event(s, job_id, ev_message, data=ev_data)
             for k, v in values.items():
                 setattr(job, k, v)
             if status in TERMINAL:
@@ -968,6 +1028,15 @@ class JobStore:
             if status:
                 q = q.where(Job.status == status)
             return int(s.scalar(q) or 0)
+
+
+def held(job: Job, t: float | None = None) -> bool:
+    """Whether a worker holds `job` under a live lease (it then owns the job's state)."""
+    return (
+        job.worker_id is not None
+        and job.lease_expires_at is not None
+        and job.lease_expires_at >= (time.time() if t is None else t)
+    )
 
 
 def json_safe(data: dict[str, Any] | None) -> dict[str, Any] | None:

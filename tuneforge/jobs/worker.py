@@ -39,6 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError
+
+from tuneforge.fsutil import write_json
 from tuneforge.jobs.db import Job
 from tuneforge.jobs.failures import error as job_error
 from tuneforge.jobs.limits import JobLimits, training_environment
@@ -139,7 +142,12 @@ class Worker:
         while not self.stop_event.is_set():
             if self.prewarm and self._spare is None:
                 self._spare = self._spawn(None, None)
-            job = self.store.claim(self.worker_id, self.lease_s)
+            try:
+                job = self.store.claim(self.worker_id, self.lease_s)
+            except OperationalError as err:  # database unreachable: try again shortly
+                log.warning("cannot claim a job: %s", err)
+                self.stop_event.wait(self.idle_s)
+                continue
             if job is None:
                 if once:
                     return
@@ -147,6 +155,11 @@ class Worker:
                 continue
             try:
                 self.run_job(job)
+            except OperationalError as err:
+                # The database, not the job, failed (training was killed): the lease expires
+                # and a worker, maybe this one, resumes the job from its last checkpoint.
+                log.warning("lost the database while running %s: %s", job.id, err)
+                self.stop_event.wait(self.idle_s)
             except Exception as err:  # keep serving other jobs; the job itself is failed
                 log.exception("job %s crashed the worker loop", job.id)
                 # The client sees the exception's type only; the traceback is in the log.
@@ -175,15 +188,18 @@ class Worker:
 
     # ------------------------------------------------------------------ one job
     def run_job(self, job: Job) -> str:
-        """Run a claimed job until it ends, pauses, or this worker stops. Returns the status."""
+        """Run a claimed job until it ends, pauses, or this worker stops. Returns the status
+        ("lost" when another worker took the job over: this one then writes nothing more).
+
+        Every write is guarded by the lease: the first one that fails (`update_job`,
+        `heartbeat` or `finish_job` returning False) ends the job here at once, before or
+        after training was started (its process is killed)."""
         store, me = self.store, self.worker_id
         if job.control in ("cancel", "pause"):  # asked for while its last worker was dead
-            status = "cancelled" if job.control == "cancel" else "paused"
-            store.finish_job(job.id, me, status, f"Fine-tuning job {status}")
-            return status
+            return self._stop_unstarted(job, job.control)
         if job.attempts > MAX_ATTEMPTS:
             msg = f"The job was interrupted {job.attempts - 1} times; giving up."
-            store.finish_job(
+            ok = store.finish_job(
                 job.id,
                 me,
                 "failed",
@@ -191,35 +207,43 @@ class Worker:
                 level="error",
                 error={"code": "too_many_attempts", "message": msg, "param": None},
             )
-            return "failed"
+            return "failed" if ok else "lost"
         job_dir = store.job_dir(job.id)
         out_dir = Path(job.train_overrides["output.dir"])
-        if job.status == "validating_files":
+        resumed_step = _latest_step(out_dir)
+        if not resumed_step:  # never trained: its files must still be there, and validated
             error = self._check_files(job)
             if error:
-                store.finish_job(job.id, me, "failed", error["message"], level="error", error=error)
-                return "failed"
-            store.update_job(job.id, me, status="queued")
-            store.add_event(job.id, "Files validated, moving job to queued state")
-        resumed_step = _latest_step(out_dir)
-        store.update_job(job.id, me, status="running", error=None)
+                ok = store.finish_job(
+                    job.id, me, "failed", error["message"], level="error", error=error
+                )
+                return "failed" if ok else "lost"
         if resumed_step:
-            store.add_event(
-                job.id,
+            event = (
                 f"Fine-tuning job resumed from the checkpoint at step {resumed_step}",
-                data={"step": resumed_step, "attempt": job.attempts},
+                {"step": resumed_step, "attempt": job.attempts},
             )
         else:
-            store.add_event(job.id, "Fine-tuning job started")
+            event = ("Fine-tuning job started", None)
+        # `claim` made the job `running`; this write checks the lease is still ours.
+        if not store.update_job(job.id, me, status="running", error=None, event=event):
+            log.warning("lost the lease of %s before starting it", job.id)
+            return "lost"
 
         job_dir.mkdir(parents=True, exist_ok=True)
-        (job_dir / "overrides.json").write_text(json.dumps(job.train_overrides, indent=2))
+        write_json(job_dir / "overrides.json", job.train_overrides)  # fsynced: the runner reads it
         for name in ("run.json", "result.json"):
             with contextlib.suppress(FileNotFoundError):
                 (job_dir / name).unlink()
         logs = job_dir / "logs"
         logs.mkdir(exist_ok=True)
         log_path = logs / f"attempt-{job.attempts}.log"
+        # A pause or cancel that came in since the claim: act on it before training starts.
+        ours, control = store.heartbeat(job.id, me, self.lease_s)
+        if not ours:
+            return "lost"
+        if control in ("cancel", "pause"):
+            return self._stop_unstarted(job, control)
         proc = self._take_spare(job_dir, log_path) or self._spawn(job_dir, log_path)
         try:
             return self._watch(job, proc, job_dir, out_dir)
@@ -227,6 +251,15 @@ class Worker:
             _kill(proc, signal.SIGKILL)
             proc.wait()
             raise
+
+    def _stop_unstarted(self, job: Job, control: str) -> str:
+        """Record a cancel / pause that came before training started."""
+        step = _latest_step(Path(job.train_overrides["output.dir"])) or 0
+        if control == "cancel":
+            status, message = "cancelled", "Fine-tuning job cancelled"
+        else:
+            status, message = "paused", f"Fine-tuning job paused at step {step}"
+        return status if self.store.finish_job(job.id, self.worker_id, status, message) else "lost"
 
     def _spawn(self, job_dir: Path | None, log_path: Path | None) -> subprocess.Popen:
         """Start a runner for `job_dir`, or (None) a standby runner waiting on stdin."""
@@ -276,6 +309,7 @@ class Worker:
         server stopped) is validated here, the lease kept alive meanwhile.
         """
         files = (("training_file", job.training_file), ("validation_file", job.validation_file))
+        validated = False
         for param, file_id in files:
             if not file_id:
                 continue
@@ -289,9 +323,12 @@ class Worker:
                 return {"code": f"invalid_{param}", "message": message, "param": param}
             if f.status == "uploaded":
                 f = self._validate_file(job, file_id) or f
+                validated = True
             if f.status == "error":
                 message = f"File {file_id} failed validation: {f.status_details}"
                 return {"code": f"invalid_{param}", "message": message, "param": param}
+        if validated:
+            self.store.add_event(job.id, "Files validated")
         return None
 
     def _validate_file(self, job: Job, file_id: str) -> Any:
@@ -319,17 +356,20 @@ class Worker:
         reason: str | None = None  # "cancel", "pause", "shutdown", "timeout"
         last_beat = 0.0
         deadline = time.monotonic() + self.max_wall_s  # this run's wall-clock limit
-        # Heartbeats also carry cancel / pause requests, so beat at least every second.
-        beat_every = max(0.2, min(self.lease_s / 3, 1.0))
+        # Heartbeats also carry cancel / pause requests: beat every poll (a request reaches
+        # training within `poll_s`; the training loop then stops after its current optimizer
+        # step), and at least three times a lease.
+        beat_every = min(self.poll_s, self.lease_s / 3)
         while True:
             exited = proc.poll() is not None
             if not run_seen and (job_dir / "run.json").is_file():
                 run = json.loads((job_dir / "run.json").read_text())
                 total_steps = run["total_steps"]
                 run_seen = True
-                store.update_job(
+                if not store.update_job(
                     job.id, me, hyperparameters=run["hyperparameters"], total_steps=total_steps
-                )
+                ):
+                    return self._lost(job, proc)
                 if self.prewarm and self._spare is None and not self.stop_event.is_set():
                     self._spare = self._spawn(None, None)
             records = tail.read()
@@ -343,10 +383,7 @@ class Worker:
                 last_beat = now
                 ours, control = store.heartbeat(job.id, me, self.lease_s)
                 if not ours:
-                    log.warning("lost the lease of %s; stopping its training", job.id)
-                    _kill(proc, signal.SIGKILL)
-                    proc.wait()
-                    return "lost"
+                    return self._lost(job, proc)
                 if reason is None and control in ("cancel", "pause"):
                     reason = control
                 if reason is None and self.stop_event.is_set():
@@ -366,6 +403,14 @@ class Worker:
                 signalled_at = float("inf")
             time.sleep(self.poll_s)
         return self._finish(job, proc.returncode, reason, job_dir, out_dir, tail)
+
+    def _lost(self, job: Job, proc: subprocess.Popen) -> str:
+        """Another worker holds the job now: kill this training at once (two runs of one job
+        would write the same checkpoints) and write nothing more."""
+        log.warning("lost the lease of %s; stopping its training", job.id)
+        _kill(proc, signal.SIGKILL)
+        proc.wait()
+        return "lost"
 
     def _sync_checkpoints(self, job: Job, out_dir: Path, tail: _Tail) -> None:
         on_disk = _checkpoints(out_dir)
@@ -449,6 +494,8 @@ class Worker:
 
     def _succeed(self, job: Job, out_dir: Path, result: dict[str, Any]) -> str:
         store, me = self.store, self.worker_id
+        if not store.heartbeat(job.id, me, self.lease_s)[0]:
+            return "lost"  # the worker that took over trains (or already trained) it again
         result_files = []
         csv_path = out_dir / "results.csv"
         if csv_path.is_file():
@@ -458,17 +505,17 @@ class Worker:
             result_files.append(f.id)
         model_id = store.register_model(job, out_dir)
         metrics = result.get("metrics") or {}
-        store.add_event(job.id, f"New fine-tuned model created: {model_id}", data=metrics)
-        store.finish_job(
+        ok = store.finish_job(
             job.id,
             me,
             "succeeded",
             "The job has successfully completed",
+            events=[(f"New fine-tuned model created: {model_id}", metrics)],
             fine_tuned_model=model_id,
             result_files=result_files,
             trained_tokens=metrics.get("tokens"),
         )
-        return "succeeded"
+        return "succeeded" if ok else "lost"
 
 
 def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
