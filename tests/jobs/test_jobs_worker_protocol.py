@@ -4,6 +4,7 @@ success are checked in seconds. tests/jobs/test_jobs_worker.py runs real trainin
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -177,3 +178,21 @@ def test_a_worker_that_loses_the_lease_while_training_kills_it(store, upload, tm
     assert len(metrics.read_text().splitlines()) == lines  # its training process is gone
     assert store.get_job("org-a", job.id).last_step == at
     assert store.get_job("org-a", job.id).worker_id == "w-other"
+
+
+def test_the_metrics_tail_rereads_a_file_rewritten_past_its_offset(tmp_path):
+    """A resumed trainer rewrites metrics.jsonl (kept steps) and appends new steps before the
+    worker's next read: the new file is already longer than the old offset."""
+    from tuneforge.fsutil import write_jsonl
+    from tuneforge.jobs.worker import _Tail
+
+    path = tmp_path / "metrics.jsonl"
+    write_jsonl(path, [{"step": s, "train_loss": 1.0} for s in range(1, 10)])
+    tail = _Tail(path)
+    assert [r["step"] for r in tail.read()] == list(range(1, 10))
+    # Resume from the checkpoint at step 8, then steps 9..12 with longer lines.
+    write_jsonl(path, [{"step": s, "train_loss": 1.0} for s in range(1, 9)])
+    with path.open("a") as f:
+        for s in range(9, 13):
+            f.write(json.dumps({"step": s, "train_loss": 0.5, "tokens": 10**6}) + "\n")
+    assert [r["step"] for r in tail.read()] == list(range(1, 13))

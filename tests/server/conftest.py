@@ -102,3 +102,14 @@ def client(server):
 
     with OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0, timeout=60) as c:
         yield c
+
+
+def wait_for_file(client, file_id: str, timeout: float = 30):
+    """The file once validated (`processed` or `error`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        f = client.files.retrieve(file_id)
+        if f.status != "uploaded":
+            return f
+        time.sleep(0.05)
+    raise AssertionError(f"file {file_id} was not validated within {timeout}s")

@@ -18,7 +18,7 @@ import pytest
 from openai import OpenAI
 from typer.testing import CliRunner
 
-from tests.server.conftest import RunningServer, start_server, stop_server
+from tests.server.conftest import RunningServer, start_server, stop_server, wait_for_file
 from tuneforge.cli import app as cli_app
 from tuneforge.server.settings import ServerSettings
 
@@ -110,17 +110,6 @@ def wait_for(client: OpenAI, job_id: str, statuses: set[str], timeout: float = 2
             raise AssertionError(f"job failed: {job.error}")
         time.sleep(0.25)
     raise AssertionError(f"job {job_id} did not reach {statuses} (now {job.status})")
-
-
-def wait_for_file(client: OpenAI, file_id: str, timeout: float = 30):
-    """The file once validated (`processed` or `error`)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        f = client.files.retrieve(file_id)
-        if f.status != "uploaded":
-            return f
-        time.sleep(0.05)
-    raise AssertionError(f"file {file_id} was not validated within {timeout}s")
 
 
 def _logprobs(client: OpenAI, model: str) -> tuple[str, list[float]]:

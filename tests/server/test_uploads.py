@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from openai import OpenAI
 
-from tests.server.conftest import RunningServer, start_server, stop_server
+from tests.server.conftest import RunningServer, start_server, stop_server, wait_for_file
 from tuneforge.server.settings import ServerSettings
 
 KEY = "sk-uploads"
@@ -69,16 +68,6 @@ def write_chat_jsonl(path: Path, size: int, line_bytes: int) -> str:
     return digest.hexdigest()
 
 
-def wait_processed(client: OpenAI, file_id: str, timeout: float = 120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        f = client.files.retrieve(file_id)
-        if f.status != "uploaded":
-            return f
-        time.sleep(0.1)
-    raise AssertionError(f"{file_id} still uploaded after {timeout}s")
-
-
 def test_10_mib_upload_is_accepted_stored_and_processed(client, tmp_path):
     path = tmp_path / "train.jsonl"
     sha = write_chat_jsonl(path, 10 * MiB, line_bytes=2000)
@@ -86,7 +75,7 @@ def test_10_mib_upload_is_accepted_stored_and_processed(client, tmp_path):
         created = client.files.create(file=("train.jsonl", fh), purpose="fine-tune")
     assert created.status == "uploaded"  # answered before validation
     assert created.bytes == path.stat().st_size > 10 * MiB
-    done = wait_processed(client, created.id)
+    done = wait_for_file(client, created.id, timeout=120)
     assert done.status == "processed", done.status_details
     assert done.model_extra["report"]["examples_valid"] > 5000
     assert hashlib.sha256(client.files.content(created.id).content).hexdigest() == sha
@@ -98,7 +87,7 @@ def test_200_mib_upload_is_accepted_and_processed(client, tmp_path):
     with open(path, "rb") as fh:
         created = client.files.create(file=("big.jsonl", fh), purpose="fine-tune")
     assert created.status == "uploaded" and created.bytes == path.stat().st_size
-    done = wait_processed(client, created.id)
+    done = wait_for_file(client, created.id, timeout=120)
     assert done.status == "processed", done.status_details
     assert done.model_extra["report"]["examples_valid"] == 201  # 1 MiB lines, up to 200 MiB
 
@@ -113,7 +102,7 @@ def test_bad_upload_ends_in_error_with_line_numbers(client, tmp_path):
     with open(path, "rb") as fh:
         created = client.files.create(file=("bad.jsonl", fh), purpose="fine-tune")
     assert created.status == "uploaded"
-    done = wait_processed(client, created.id)
+    done = wait_for_file(client, created.id, timeout=120)
     assert done.status == "error"
     assert done.status_details.startswith(f"line {lines}: invalid JSON")
 
@@ -129,7 +118,7 @@ def test_dictionary_encoded_parquet_is_refused_without_decoding_it(client, tmp_p
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # the server runs here
     with open(path, "rb") as fh:
         created = client.files.create(file=("bomb.parquet", fh), purpose="fine-tune")
-    done = wait_processed(client, created.id)
+    done = wait_for_file(client, created.id, timeout=120)
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     assert done.status == "error" and "[too_large]" in done.status_details
     assert "decodes to more than 268,435,456 bytes" in done.status_details

@@ -26,7 +26,7 @@ import json
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -401,6 +401,28 @@ def _read_raw(path: Path, report_bom: bool = True) -> tuple[bytes, list[Problem]
     return data, problems
 
 
+def _line_record(
+    number: int,
+    text: str,
+    problem: Problem | None,
+    parse: Callable[[str, int], tuple[Any, Problem | None]],
+) -> Record:
+    """One JSONL line's record (whole-file and streamed reading alike): a blank line is a
+    warning, any other line is parsed unless decoding it already failed."""
+    if problem is None and (not text or text.isspace()):
+        problem = Problem(
+            code="blank_line",
+            message="blank line",
+            fix="remove blank lines between examples",
+            line=number,
+            severity="warning",
+        )
+    value = None
+    if problem is None:
+        value, problem = parse(text, number)
+    return Record(number, text, value, problem)
+
+
 def _decode_lenient(data: bytes) -> tuple[str, set[int]]:
     """UTF-8 text (invalid bytes replaced) and the numbers of the lines that held invalid bytes."""
     try:
@@ -438,18 +460,7 @@ def _read_jsonl(path: Path) -> LoadedDataset:
         problem = None
         if text is None:
             raw, problem = _decode(raw, number)  # type: ignore[arg-type]
-        if problem is None and (not raw or raw.isspace()):  # type: ignore[union-attr]
-            problem = Problem(
-                code="blank_line",
-                message="blank line",
-                fix="remove blank lines between examples",
-                line=number,
-                severity="warning",
-            )
-        value = None
-        if problem is None:
-            value, problem = parse(raw, number)  # type: ignore[arg-type]
-        append(Record(number, raw, value, problem))  # type: ignore[arg-type]
+        append(_line_record(number, raw, problem, parse))  # type: ignore[arg-type]
     return LoadedDataset(path, records, None, problems)
 
 
@@ -854,18 +865,7 @@ def _jsonl_records(path: Path, max_line_bytes: int, stop: int | None = None) -> 
                 continue
             raw = raw.removesuffix(b"\n").removesuffix(b"\r")
             text, problem = _decode(raw, number)
-            if problem is None and (not text or text.isspace()):
-                problem = Problem(
-                    code="blank_line",
-                    message="blank line",
-                    fix="remove blank lines between examples",
-                    line=number,
-                    severity="warning",
-                )
-            value = None
-            if problem is None:
-                value, problem = _parse(text, number)
-            yield Record(number, text, value, problem)
+            yield _line_record(number, text, problem, _parse)
 
 
 def _stream_small(path: Path, limits: ReadLimits) -> StreamedDataset:

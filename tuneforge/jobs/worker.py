@@ -62,21 +62,29 @@ MAX_ATTEMPTS = 5
 
 @dataclass
 class _Tail:
-    """Reads complete new lines of a JSONL file that may be rewritten (on resume)."""
+    """Reads complete new lines of a JSONL file that may be rewritten (on resume).
+
+    The trainer rewrites the file atomically (a new inode) when it resumes, so a changed inode
+    means "read again from the start"; the size alone cannot tell, since the rewritten file may
+    have grown past the old offset before the next read. Records already seen are harmless:
+    the store keeps only steps past the job's last one.
+    """
 
     path: Path
     offset: int = 0
+    inode: int | None = None
     by_step: dict[int, dict[str, Any]] = field(default_factory=dict)
     synced: list[int] | None = None  # checkpoint steps last recorded in the store
 
     def read(self) -> list[dict[str, Any]]:
         try:
-            size = self.path.stat().st_size
+            f = self.path.open("rb")
         except FileNotFoundError:
             return []
-        if size < self.offset:  # truncated: the trainer rewrote it when resuming
-            self.offset = 0
-        with open(self.path, "rb") as f:
+        with f:  # fstat of the open handle: its inode and size belong to what is read
+            st = os.fstat(f.fileno())
+            if st.st_ino != self.inode or st.st_size < self.offset:  # rewritten on resume
+                self.inode, self.offset = st.st_ino, 0
             f.seek(self.offset)
             chunk = f.read()
         end = chunk.rfind(b"\n") + 1
