@@ -71,8 +71,10 @@ def _role_worker(data_dir: str, url: str | None, worker_id: str) -> None:
 
 def _role_server(data_dir: str, url: str | None, file_id: str, jobs: int, steps: int) -> None:
     from tuneforge.jobs import JobCreate, JobStore
+    from tuneforge.jobs.limits import JobLimits
 
     store = JobStore(data_dir, url, migrate=False)
+    store.limits = JobLimits(max_active_jobs=jobs)  # all of them may wait in the queue at once
     method = {"type": "supervised", "supervised": {"tuneforge": {"optim.max_steps": steps}}}
     for i in range(jobs):  # after a restart, again from the first: the keys make it a no-op
         req = JobCreate(model="tiny-base", training_file=file_id, method=method)
