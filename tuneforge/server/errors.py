@@ -31,6 +31,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tuneforge.jobs.errors import StoreError
+
 log = logging.getLogger("tuneforge.server")
 
 _TYPES = {
@@ -224,7 +226,8 @@ def _server_paths(app: FastAPI) -> list[str]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Render APIError, validation errors, HTTP errors and crashes in OpenAI's error shape."""
+    """Render APIError, the job store's errors (404 for other tenants' objects too), validation
+    errors, HTTP errors and crashes in OpenAI's error shape."""
 
     # Every APIError body (JSON responses and SSE error events alike) is scrubbed of these.
     _REDACTED[:] = sorted({*_REDACTED, *_server_paths(app)}, key=len, reverse=True)
@@ -232,6 +235,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(StoreError)
+    async def _store_error(_: Request, exc: StoreError) -> JSONResponse:
+        # A quota refusal carries headers (x-should-retry: false: retrying at once cannot help).
+        headers = getattr(exc, "headers", None)
+        error = APIError(exc.status, exc.message, param=exc.param, code=exc.code, headers=headers)
+        return error.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -26,7 +26,6 @@ from tuneforge.jobs.errors import StoreError
 from tuneforge.jobs.limits import JobLimits
 from tuneforge.jobs.store import JobStore
 from tuneforge.jobs.worker import Worker
-from tuneforge.server.errors import APIError
 
 log = logging.getLogger("tuneforge.server")
 
@@ -169,10 +168,3 @@ def get_store(request: Request) -> JobStore:
 
 
 Store = Annotated[JobStore, Depends(get_store)]
-
-
-def api_error(err: StoreError) -> APIError:
-    """A store error in OpenAI's error shape (404 for other tenants' objects, too)."""
-    # A quota refusal carries headers (x-should-retry: false: retrying at once cannot help).
-    headers = getattr(err, "headers", None)
-    return APIError(err.status, err.message, param=err.param, code=err.code, headers=headers)

@@ -9,8 +9,6 @@ result files of jobs (`fine-tune-results`, the metrics CSV) are listed here too.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -21,21 +19,13 @@ from tuneforge.jobs.schemas import FileDeleted, FilePublic, ListPage
 from tuneforge.jobs.store import new_id, write_upload
 from tuneforge.server.deps import CurrentPrincipal, Settings
 from tuneforge.server.errors import ERROR_RESPONSES
-from tuneforge.server.jobs import JobsState, Store, api_error
+from tuneforge.server.jobs import JobsState, Store
 
 router = APIRouter(
     prefix="/v1",
     tags=["files"],
     responses={s: ERROR_RESPONSES[s] for s in (400, 401, 404)},
 )
-
-
-@contextlib.contextmanager
-def store_errors() -> Iterator[None]:
-    try:
-        yield
-    except StoreError as err:
-        raise api_error(err) from None
 
 
 @router.post("/files", responses={413: ERROR_RESPONSES[413]})
@@ -49,17 +39,16 @@ def upload_file(
 ) -> FilePublic:
     """Upload a training or validation file: `uploaded` now, `processed` or `error` once
     validated (retrieve it to see which)."""
-    with store_errors():
-        if purpose != "fine-tune":
-            raise StoreError(
-                f"purpose must be 'fine-tune' (got {purpose!r}); TuneForge stores training data.",
-                param="purpose",
-            )
-        tmp = store.data_dir / "files" / f".upload-{new_id('u', 12)}"
-        write_upload(file.file, tmp, settings.max_upload_bytes)
-        row = store.add_file(
-            principal.org_id, file.filename or "upload.jsonl", purpose, tmp, validate=False
+    if purpose != "fine-tune":
+        raise StoreError(
+            f"purpose must be 'fine-tune' (got {purpose!r}); TuneForge stores training data.",
+            param="purpose",
         )
+    tmp = store.data_dir / "files" / f".upload-{new_id('u', 12)}"
+    write_upload(file.file, tmp, settings.max_upload_bytes)
+    row = store.add_file(
+        principal.org_id, file.filename or "upload.jsonl", purpose, tmp, validate=False
+    )
     jobs: JobsState = request.app.state.jobs
     jobs.validate_later(row.id)
     return FilePublic.of(row)
@@ -74,30 +63,26 @@ def list_files(
     order: Literal["asc", "desc"] = "desc",
     purpose: str | None = None,
 ) -> ListPage[FilePublic]:
-    with store_errors():
-        page = store.list_files(
-            principal.org_id, purpose=purpose, after=after, limit=limit, order=order
-        )
+    page = store.list_files(
+        principal.org_id, purpose=purpose, after=after, limit=limit, order=order
+    )
     return ListPage.of([FilePublic.of(f) for f in page.data], page.has_more)
 
 
 @router.get("/files/{file_id}")
 def retrieve_file(file_id: str, store: Store, principal: CurrentPrincipal) -> FilePublic:
-    with store_errors():
-        return FilePublic.of(store.get_file(principal.org_id, file_id))
+    return FilePublic.of(store.get_file(principal.org_id, file_id))
 
 
 @router.get("/files/{file_id}/content", response_class=FileResponse)
 def file_content(file_id: str, store: Store, principal: CurrentPrincipal) -> FileResponse:
     """The file's bytes, as uploaded (or as the job wrote them)."""
-    with store_errors():
-        row = store.get_file(principal.org_id, file_id)
+    row = store.get_file(principal.org_id, file_id)
     media = "text/csv" if row.filename.endswith(".csv") else "application/octet-stream"
     return FileResponse(store.file_path(row), media_type=media, filename=row.filename)
 
 
 @router.delete("/files/{file_id}")
 def delete_file(file_id: str, store: Store, principal: CurrentPrincipal) -> FileDeleted:
-    with store_errors():
-        store.delete_file(principal.org_id, file_id)
+    store.delete_file(principal.org_id, file_id)
     return FileDeleted(id=file_id)

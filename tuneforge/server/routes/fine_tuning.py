@@ -17,7 +17,6 @@ from tuneforge.jobs.spec import JobCreate
 from tuneforge.server.deps import CurrentPrincipal, Registry
 from tuneforge.server.errors import ERROR_RESPONSES
 from tuneforge.server.jobs import Store
-from tuneforge.server.routes.files import store_errors
 
 router = APIRouter(
     prefix="/v1/fine_tuning",
@@ -44,10 +43,9 @@ def create_job(
             return None
         return str(entry.path) if entry.path is not None else entry.hub_id
 
-    with store_errors():
-        job = store.create_job(
-            principal.org_id, body, resolve_base=resolve_base, idempotency_key=idempotency_key
-        )
+    job = store.create_job(
+        principal.org_id, body, resolve_base=resolve_base, idempotency_key=idempotency_key
+    )
     return JobPublic.of(job)
 
 
@@ -65,36 +63,31 @@ def list_jobs(
         for k, v in request.query_params.items()
         if k.startswith("metadata[") and k.endswith("]")
     }
-    with store_errors():
-        page = store.list_jobs(principal.org_id, after=after, limit=limit, metadata=metadata)
+    page = store.list_jobs(principal.org_id, after=after, limit=limit, metadata=metadata)
     return ListPage.of([JobPublic.of(j) for j in page.data], page.has_more)
 
 
 @router.get("/jobs/{job_id}")
 def retrieve_job(job_id: str, store: Store, principal: CurrentPrincipal) -> JobPublic:
-    with store_errors():
-        return JobPublic.of(store.get_job(principal.org_id, job_id))
+    return JobPublic.of(store.get_job(principal.org_id, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(job_id: str, store: Store, principal: CurrentPrincipal) -> JobPublic:
     """Cancel (idempotent). A running job stops at the end of its current step."""
-    with store_errors():
-        return JobPublic.of(store.cancel_job(principal.org_id, job_id))
+    return JobPublic.of(store.cancel_job(principal.org_id, job_id))
 
 
 @router.post("/jobs/{job_id}/pause")
 def pause_job(job_id: str, store: Store, principal: CurrentPrincipal) -> JobPublic:
     """Pause (idempotent): the job checkpoints at the end of its current step and stops."""
-    with store_errors():
-        return JobPublic.of(store.pause_job(principal.org_id, job_id))
+    return JobPublic.of(store.pause_job(principal.org_id, job_id))
 
 
 @router.post("/jobs/{job_id}/resume")
 def resume_job(job_id: str, store: Store, principal: CurrentPrincipal) -> JobPublic:
     """Resume a paused job from its last checkpoint (idempotent)."""
-    with store_errors():
-        return JobPublic.of(store.resume_job(principal.org_id, job_id))
+    return JobPublic.of(store.resume_job(principal.org_id, job_id))
 
 
 @router.get("/jobs/{job_id}/events")
@@ -106,8 +99,7 @@ def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 20,
 ) -> ListPage[EventPublic]:
     """Events, newest first: messages, and `metrics` events with per-step data."""
-    with store_errors():
-        page = store.list_events(principal.org_id, job_id, after=after, limit=limit)
+    page = store.list_events(principal.org_id, job_id, after=after, limit=limit)
     return ListPage.of([EventPublic.of(e) for e in page.data], page.has_more)
 
 
@@ -120,6 +112,5 @@ def list_checkpoints(
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> ListPage[CheckpointPublic]:
     """Checkpoints, newest first; each `fine_tuned_model_checkpoint` id can be served."""
-    with store_errors():
-        page = store.list_checkpoints(principal.org_id, job_id, after=after, limit=limit)
+    page = store.list_checkpoints(principal.org_id, job_id, after=after, limit=limit)
     return ListPage.of([CheckpointPublic.of(c) for c in page.data], page.has_more)
