@@ -291,13 +291,11 @@ class JobStore:
         limit: int = 10000,
         order: str = "desc",
     ) -> Page:
-        q = select(File).where(File.org_id == org_id)
+        in_org = File.org_id == org_id
+        q = select(File).where(in_org)
         if purpose:
             q = q.where(File.purpose == purpose)
-        in_org = File.org_id == org_id
-        return self._page(
-            q, File, after, limit, order, lambda s, a: self._seq_of(s, File, a, in_org)
-        )
+        return self._page(q, File, after, limit, order, in_org)
 
     def delete_file(self, org_id: str, file_id: str) -> None:
         row = self.get_file(org_id, file_id)
@@ -313,19 +311,15 @@ class JobStore:
         return s.scalar(select(table.seq).where(table.id == obj_id, *scope))
 
     def _page(
-        self,
-        q: Any,
-        table: Any,
-        after: str | None,
-        limit: int,
-        order: str,
-        seq_of: Callable[[Session, str], int | None],
+        self, q: Any, table: Any, after: str | None, limit: int, order: str, *scope: Any
     ) -> Page:
+        """One page of `q` (rows of `table`) by cursor; `after` must match `scope` (the
+        caller's org or job), not the page's other filters."""
         limit = max(1, min(int(limit), 10000))
         desc = order != "asc"
         with self.reading() as s:
             if after:
-                seq = seq_of(s, after)
+                seq = self._seq_of(s, table, after, *scope)
                 if seq is None:
                     raise NotFound(f"`after`: no such object {after!r}", param="after")
                 q = q.where(table.seq < seq if desc else table.seq > seq)
@@ -636,9 +630,7 @@ class JobStore:
         if status:
             q = q.where(Job.status == status)
         if not metadata:
-            return self._page(
-                q, Job, after, limit, "desc", lambda s, a: self._seq_of(s, Job, a, *scope)
-            )
+            return self._page(q, Job, after, limit, "desc", *scope)
         # JSON filtering differs per database; metadata is small, so filter in Python.
         with self.reading() as s:
             if after:
@@ -660,14 +652,7 @@ class JobStore:
         """Events newest first."""
         self.get_job(org_id, job_id)
         of_job = JobEvent.job_id == job_id
-        return self._page(
-            select(JobEvent).where(of_job),
-            JobEvent,
-            after,
-            limit,
-            "desc",
-            lambda s, a: self._seq_of(s, JobEvent, a, of_job),
-        )
+        return self._page(select(JobEvent).where(of_job), JobEvent, after, limit, "desc", of_job)
 
     def all_events(self, job_id: str) -> list[JobEvent]:
         """Every event of a job, oldest first."""
@@ -681,14 +666,8 @@ class JobStore:
         """Checkpoints newest first."""
         self.get_job(org_id, job_id)
         of_job = JobCheckpoint.job_id == job_id
-        return self._page(
-            select(JobCheckpoint).where(of_job),
-            JobCheckpoint,
-            after,
-            limit,
-            "desc",
-            lambda s, a: self._seq_of(s, JobCheckpoint, a, of_job),
-        )
+        q = select(JobCheckpoint).where(of_job)
+        return self._page(q, JobCheckpoint, after, limit, "desc", of_job)
 
     def cancel_job(self, org_id: str | None, job_id: str) -> Job:
         """Cancel: at once when no worker holds the job, else through the control flag (its

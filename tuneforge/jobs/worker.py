@@ -339,6 +339,12 @@ class Worker:
             self.store.add_event(job.id, "Files validated")
         return None
 
+    @property
+    def _beat_every(self) -> float:
+        """Seconds between heartbeats: every poll (a heartbeat also carries cancel / pause, so
+        a request reaches training within `poll_s`), and at least three times a lease."""
+        return min(self.poll_s, self.lease_s / 3)
+
     def _validate_file(self, job: Job, file_id: str) -> Any:
         """`store.process_file` in a thread, heartbeating the job's lease until it is done."""
         result: dict[str, Any] = {}
@@ -348,9 +354,8 @@ class Worker:
 
         thread = threading.Thread(target=run, name=f"validate-{file_id}", daemon=True)
         thread.start()
-        beat_every = max(0.2, min(self.lease_s / 3, 1.0))
         while thread.is_alive():
-            thread.join(beat_every)
+            thread.join(self._beat_every)
             if thread.is_alive():
                 self.store.heartbeat(job.id, self.worker_id, self.lease_s)
         return result.get("file")
@@ -364,10 +369,7 @@ class Worker:
         reason: str | None = None  # "cancel", "pause", "shutdown", "timeout"
         last_beat = 0.0
         deadline = time.monotonic() + self.max_wall_s  # this run's wall-clock limit
-        # Heartbeats also carry cancel / pause requests: beat every poll (a request reaches
-        # training within `poll_s`; the training loop then stops after its current optimizer
-        # step), and at least three times a lease.
-        beat_every = min(self.poll_s, self.lease_s / 3)
+        beat_every = self._beat_every  # the training loop stops after its current step
         while True:
             exited = proc.poll() is not None
             if not run_seen and (job_dir / "run.json").is_file():
