@@ -131,6 +131,7 @@ def test_fine_tune_end_to_end_then_continue_from_the_fine_tune(api):
     assert client.files.content(uploaded.id).content == chat_jsonl(16)
 
     valid = client.files.create(file=("valid.jsonl", chat_jsonl(10, seed=9)), purpose="fine-tune")
+    assert wait_for_file(client, valid.id).status == "processed"  # else the job waits in validating_files
     job = client.fine_tuning.jobs.create(
         model="tiny-llama",
         training_file=uploaded.id,
