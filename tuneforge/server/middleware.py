@@ -96,6 +96,6 @@ class MetricsMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             code = str(status["code"])
-            self.metrics.requests.inc(route=path, status=code)
+            self.metrics.requests.labels(route=path, status=code).inc()
             if status["code"] >= 400:
-                self.metrics.errors.inc(route=path, status=code)
+                self.metrics.errors.labels(route=path, status=code).inc()

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from tuneforge.server.auth import get_principal
 from tuneforge.server.deps import EngineDep, MetricsDep
 from tuneforge.server.errors import ERROR_RESPONSES
+from tuneforge.server.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
@@ -42,4 +43,4 @@ def health(engine: EngineDep) -> JSONResponse:
 )
 def metrics(metrics: MetricsDep) -> PlainTextResponse:
     """Prometheus text: requests, errors, tokens, queue depth, TTFT and latency histograms."""
-    return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
