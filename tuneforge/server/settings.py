@@ -1,9 +1,8 @@
 """`ServerSettings`: every knob of `tuneforge serve`, in one typed model.
 
 The CLI, the environment (`TUNEFORGE_*` variables) and tests all build one `ServerSettings`;
-nothing else in the server reads the environment. A plain pydantic model (not
-pydantic-settings, which is not a declared dependency): `ServerSettings.from_env(**overrides)`
-reads `TUNEFORGE_<FIELD>` for every field, and explicit overrides (CLI flags) win.
+nothing else in the server reads the environment. A pydantic-settings `BaseSettings`: every
+field reads `TUNEFORGE_<FIELD>` (lists comma-separated), and values passed in (CLI flags) win.
 
 Example:
     >>> settings = ServerSettings.from_env(model_dir="models", api_keys=["sk-local"])
@@ -13,23 +12,27 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tuneforge.data.io import ReadLimits
 from tuneforge.jobs.limits import JobLimits
 
 ENV_PREFIX = "TUNEFORGE_"
 _JOB = JobLimits()  # the defaults of the job caps below (tuneforge.jobs.limits owns them)
+# A list read from the environment as comma-separated names, not as JSON.
+CommaList = Annotated[list[str], NoDecode]
 
 
-class ServerSettings(BaseModel):
-    """Configuration of the OpenAI-compatible server (inference and, later, fine-tuning)."""
+class ServerSettings(BaseSettings):
+    """Configuration of the OpenAI-compatible server: inference and fine-tuning jobs."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", validate_assignment=True
+    )
 
     # -- where models and data live -------------------------------------------------------------
     model_dir: Path = Field(
@@ -114,7 +117,7 @@ class ServerSettings(BaseModel):
     )
 
     # -- who may call ------------------------------------------------------------------------
-    api_keys: list[str] = Field(
+    api_keys: CommaList = Field(
         default_factory=list,
         description="Accepted API keys, all of organization 'default' (env TUNEFORGE_API_KEYS: "
         "comma-separated).",
@@ -122,7 +125,7 @@ class ServerSettings(BaseModel):
     api_keys_file: Path | None = Field(
         None, description='JSON file mapping key -> organization: {"sk-...": "org-a"}.'
     )
-    admin_keys: list[str] = Field(
+    admin_keys: CommaList = Field(
         default_factory=list,
         description="Operator keys (organization 'default'): besides what any key may do, they "
         "may delete model folders of model_dir over HTTP, which no other key can (env "
@@ -168,7 +171,7 @@ class ServerSettings(BaseModel):
         description="Start on a non-loopback host with no API key configured (refused "
         "otherwise: anyone who can reach the port could use and change the server).",
     )
-    allowed_hosts: list[str] = Field(
+    allowed_hosts: CommaList = Field(
         default_factory=list,
         description="Extra names the server answers to in the Host header (env "
         "TUNEFORGE_ALLOWED_HOSTS: comma-separated). A server bound to loopback answers only "
@@ -184,23 +187,17 @@ class ServerSettings(BaseModel):
             raise ValueError("dtype must be fp32, bf16 or fp16")
         return value
 
+    @field_validator("api_keys", "admin_keys", "allowed_hosts", mode="before")
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> ServerSettings:
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ServerSettings:
         """Settings from `TUNEFORGE_<FIELD>` variables, then `overrides` (None means unset)."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for name, field in cls.model_fields.items():
-            raw = environ.get(ENV_PREFIX + name.upper())
-            if raw is None:
-                continue
-            if field.annotation == list[str]:
-                values[name] = [k.strip() for k in raw.split(",") if k.strip()]
-            elif field.annotation is bool:
-                values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
-            else:
-                values[name] = raw
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
 
     def job_limits(self) -> JobLimits:
         """The caps and quotas above, as the job store and worker take them."""
