@@ -42,7 +42,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,12 +125,12 @@ class Rejected:
     """One dropped line, as written to the rejects file."""
 
     line: int
-    code: str
     reason: str
+    code: str
     raw: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "reason": self.reason, "code": self.code, "raw": self.raw}
+        return asdict(self)
 
 
 @dataclass
@@ -167,25 +167,7 @@ class CleanReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict."""
-        return {
-            "input": self.input,
-            "output": self.output,
-            "rejects": self.rejects,
-            "format": self.format,
-            "unit": self.unit,
-            "read": self.read,
-            "kept": self.kept,
-            "rejected": self.rejected,
-            "balanced": self.balanced,
-            "fixes": self.fixes,
-            "fix_lines": self.fix_lines,
-            "rejections": self.rejections,
-            "rejection_examples": self.rejection_examples,
-            "redactions": self.redactions,
-            "file_problems": self.file_problems,
-            "token_count": self.token_count,
-            "seconds": round(self.seconds, 3),
-        }
+        return {**asdict(self), "balanced": self.balanced, "seconds": round(self.seconds, 3)}
 
 
 def rejects_path(out: str | Path) -> Path:
@@ -782,7 +764,7 @@ class _Cleaner:
         )
 
     def reject(self, record: Record, code: str, reason: str) -> None:
-        self.rejected.append(Rejected(record.line, code, reason, record.raw))
+        self.rejected.append(Rejected(line=record.line, reason=reason, code=code, raw=record.raw))
 
     def note_fixes(self, line: int, fixes: Iterable[str]) -> None:
         for fix in fixes:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,18 +56,7 @@ class SplitReport:
 
     def to_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict."""
-        return {
-            "input": self.input,
-            "train_path": self.train_path,
-            "valid_path": self.valid_path,
-            "seed": self.seed,
-            "examples": self.examples,
-            "train": self.train,
-            "valid": self.valid,
-            "skipped": self.skipped,
-            "duplicate_groups": self.duplicate_groups,
-            "strata": self.strata,
-        }
+        return asdict(self)
 
 
 def field_value(example: dict, name: str) -> str:

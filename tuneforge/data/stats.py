@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +95,7 @@ class Summary:
         )
 
     def to_dict(self) -> dict[str, float]:
-        return {
-            "min": self.min,
-            "p10": self.p10,
-            "median": self.median,
-            "p90": self.p90,
-            "max": self.max,
-            "mean": round(self.mean, 2),
-            "total": self.total,
-        }
+        return {**asdict(self), "mean": round(self.mean, 2)}
 
 
 @dataclass
