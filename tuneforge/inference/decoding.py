@@ -129,7 +129,9 @@ class Decoder:
         params = seq.request.params
         greedy = params.temperature == 0
         if seq.json_state is None:
-            return draw(probs[row], penalised[row], greedy, seq.generator)
+            chosen = draw(probs[row], penalised[row], greedy, seq.generator)
+            assert chosen is not None  # None only when `allowed` rejects every token
+            return chosen
         table = vocab.bytes_table()
         single = vocab.single_byte()
         budget = params.max_tokens - len(seq.generated)

@@ -62,23 +62,29 @@ def pad_left_2d(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([t.new_zeros((t.shape[0], missing)), t], dim=1)
 
 
+def _layers(cache: DynamicCache) -> list[Any]:
+    """The cache's layers: `DynamicLayer`s whose keys and values are set (a lane's cache has
+    been through a forward pass), which transformers' types cannot say."""
+    return cache.layers
+
+
 def select_rows(cache: DynamicCache, index: torch.Tensor) -> None:
     """Keep (and repeat, or reorder) the cache's batch rows `index` (1-D), in place."""
-    for layer in cache.layers:
+    for layer in _layers(cache):
         layer.keys = layer.keys.index_select(0, index)
         layer.values = layer.values.index_select(0, index)
 
 
 def concat_caches(cache: DynamicCache, other: DynamicCache, width: int) -> None:
     """Append `other`'s rows below `cache`'s, both left-padded to `width` columns, in place."""
-    for layer, new in zip(cache.layers, other.layers, strict=True):
+    for layer, new in zip(_layers(cache), _layers(other), strict=True):
         layer.keys = torch.cat([pad_left(layer.keys, width), pad_left(new.keys, width)])
         layer.values = torch.cat([pad_left(layer.values, width), pad_left(new.values, width)])
 
 
 def drop_columns(cache: DynamicCache, count: int) -> None:
     """Drop the first `count` (oldest) columns of every layer, in place."""
-    for layer in cache.layers:
+    for layer in _layers(cache):
         layer.keys = layer.keys[:, :, count:, :]
         layer.values = layer.values[:, :, count:, :]
 
