@@ -4,7 +4,7 @@
 well-formed UTF-8 sequences, so the text always decodes). A state is an immutable tuple, so checking a candidate token is
 `machine.feed(state, token_bytes)` without copying anything.
 
-Decoding uses it two ways (see `tuneforge.inference.engine`):
+Decoding uses it two ways (see `tuneforge.inference.decoding`):
 - a sampled token is accepted only if its bytes keep the text a valid JSON prefix (and leave
   room to close it within `max_tokens`); otherwise it is masked out and sampling is redone,
   which samples exactly from the distribution restricted to valid tokens;

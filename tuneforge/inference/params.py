@@ -4,11 +4,15 @@
 here); `GenerationRequest` is one request (prompt ids, model, params, n choices);
 `Delta` is one step of one choice as the engine emits it: new text (UTF-8 complete, stop
 strings already cut), the token ids behind it, their logprobs, and a finish reason on the
-last delta of the choice.
+last delta of the choice. `RequestStream` carries a request's deltas from the engine thread
+to the asyncio side; `EngineError` (and `PromptTooLong`, `QueueFull`) is how a request is
+refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -75,3 +79,76 @@ class GenerationRequest:
     params: SamplingParams
     n: int = 1
     extra_eos: tuple[int, ...] = ()
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve; `status` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class QueueFull(Exception):
+    """The waiting queue is at `max_queue`."""
+
+
+class PromptTooLong(EngineError):
+    """Prompt text longer than `limit` characters: refused before tokenization."""
+
+    def __init__(self, chars: int, limit: int) -> None:
+        super().__init__(
+            f"the prompt has {chars} characters, more than the {limit} that can fit",
+            code="context_length_exceeded",
+        )
+        self.chars, self.limit = chars, limit
+
+
+class RequestStream:
+    """The asyncio side of one request: `async for deltas in stream` until all choices end.
+
+    Created on the event loop (by `Engine.submit`); the engine thread pushes through
+    `call_soon_threadsafe`. `cancel()` is safe from anywhere.
+    """
+
+    def __init__(self, n: int, prompt_tokens: int) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.n = n
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.cancelled = False
+        self.done = False
+        self.remaining = n
+
+    def _put(self, item: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def push(self, deltas: list[Delta]) -> None:
+        self._put(deltas)
+
+    def finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self._put(None)
+
+    def fail(self, error: Exception) -> None:
+        if not self.done:
+            self.done = True
+            self._put(error)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __aiter__(self):
+        return self._iterate()
+
+    async def _iterate(self):
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item

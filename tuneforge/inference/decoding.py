@@ -1,0 +1,203 @@
+"""Per-token decisions: which token each row takes next, the text it adds, when a choice ends.
+
+One decode step gives logits (B, V) for the rows of a lane; `Decoder.step` turns them into
+the next token of every row: logit_bias, presence / frequency penalties, temperature and
+top-p (`sampling`), then a draw per row (seeded per choice when the request has a seed). In
+JSON mode (`json_mode`) a drawn token is accepted only if its bytes keep the text a valid
+JSON prefix with room to close it, and once the budget is down to what closing needs the
+closing bytes are forced. Each chosen token is detokenized incrementally, checked against
+stop strings, and sent to its request's stream as a `Delta`; the finish reason is "stop"
+(EOS, a stop string, a complete JSON object) or "length" (`max_tokens`, or a JSON object the
+budget had to close).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from tuneforge.inference.json_mode import START, JsonMachine, State
+from tuneforge.inference.params import Delta, GenerationRequest, RequestStream, TokenLogprob
+from tuneforge.inference.sampling import adjusted_logits, biased_logits, draw, probabilities
+from tuneforge.inference.tokens import IncrementalDetokenizer, StopMatcher
+from tuneforge.inference.vocab import Vocab
+
+
+@dataclass
+class Seq:
+    """One choice being generated."""
+
+    stream: RequestStream
+    index: int
+    request: GenerationRequest
+    adapter: str | None
+    detok: IncrementalDetokenizer
+    stop: StopMatcher
+    generator: torch.Generator | None
+    eos: frozenset[int]
+    generated: list[int] = field(default_factory=list)
+    json_state: State | None = None
+    forced: list[int] = field(default_factory=list)
+    forced_close: bool = False
+    finished: bool = False
+
+
+def start_seqs(
+    items: list[tuple[GenerationRequest, RequestStream, str | None]],
+    vocab: Vocab,
+    eos: frozenset[int],
+    device: torch.device,
+) -> list[Seq]:
+    """The sequences of joining requests (with their adapters): `n` per request, in order."""
+    seqs = []
+    for r, stream, adapter in items:
+        json_state = START if r.params.json_object else None
+        if json_state is not None:
+            vocab.bytes_table()  # build the token-bytes tables once
+        for choice in range(r.n):
+            generator = None
+            if r.params.seed is not None:
+                generator = torch.Generator(device=device)
+                generator.manual_seed((r.params.seed + choice) % (2**63))
+            seqs.append(
+                Seq(
+                    stream=stream,
+                    index=choice,
+                    request=r,
+                    adapter=adapter,
+                    detok=IncrementalDetokenizer(vocab.tokenizer, r.prompt_ids),
+                    stop=StopMatcher(r.params.stop),
+                    generator=generator,
+                    eos=frozenset() if r.params.ignore_eos else eos | set(r.extra_eos),
+                    json_state=json_state,
+                )
+            )
+    return seqs
+
+
+class Decoder:
+    """Chooses tokens and emits deltas; holds nothing per model (the `Vocab` is passed in)."""
+
+    def __init__(self) -> None:
+        self._json = JsonMachine()
+
+    def step(
+        self,
+        vocab: Vocab,
+        eos: frozenset[int],
+        seqs: list[Seq],
+        logits: torch.Tensor,
+        counts: torch.Tensor,
+    ) -> torch.Tensor:
+        """Choose each row's next token, emit text, mark finished rows. Returns (B,) ids.
+
+        `logits` (B, V) are the model's for `seqs`' rows; `counts` (B, V) is updated in place.
+        `eos` is the model's own (the token to end a JSON object that cannot be closed).
+        """
+        dev = logits.device
+        params = [s.request.params for s in seqs]
+        raw_logprobs = torch.log_softmax(logits, dim=-1)
+        penalised = adjusted_logits(
+            biased_logits(logits, [p.logit_bias for p in params]),
+            counts,
+            torch.tensor([p.presence_penalty for p in params], device=dev),
+            torch.tensor([p.frequency_penalty for p in params], device=dev),
+        )
+        temperature = torch.tensor([p.temperature for p in params], device=dev)
+        probs = probabilities(
+            penalised, temperature, torch.tensor([p.top_p for p in params], device=dev)
+        )
+        chosen: list[int] = []
+        out: dict[int, tuple[RequestStream, list[Delta]]] = {}
+        for row, seq in enumerate(seqs):
+            token = self._choose(vocab, eos, seq, row, probs, penalised)
+            chosen.append(token)
+            counts[row, token] += 1
+            delta = self._advance(vocab, seq, token, raw_logprobs[row])
+            out.setdefault(id(seq.stream), (seq.stream, []))[1].append(delta)
+        for stream, deltas in out.values():
+            stream.push(deltas)
+            if stream.remaining == 0:
+                stream.finish()
+        return torch.tensor(chosen, device=dev)
+
+    def _choose(
+        self, vocab: Vocab, eos: frozenset[int], seq: Seq, row: int, probs: Any, penalised: Any
+    ) -> int:
+        params = seq.request.params
+        greedy = params.temperature == 0
+        if seq.json_state is None:
+            chosen = draw(probs[row], penalised[row], greedy, seq.generator)
+            assert chosen is not None  # None only when `allowed` rejects every token
+            return chosen
+        table = vocab.bytes_table()
+        single = vocab.single_byte()
+        budget = params.max_tokens - len(seq.generated)
+        if not seq.forced:
+            closing = self._json.closing(seq.json_state)
+            if len(closing) >= budget and all(b in single for b in closing):
+                seq.forced = [single[b] for b in closing]
+                seq.forced_close = True
+        if seq.forced:
+            return seq.forced.pop(0)
+
+        def allowed(token: int) -> bool:
+            raw = table[token] if token < len(table) else None
+            if raw is None:
+                return False
+            state = self._json.feed(seq.json_state, raw)
+            if state is None:
+                return False
+            return self._json.is_done(state) or len(self._json.closing(state)) <= budget - 1
+
+        token = draw(probs[row], penalised[row], greedy, seq.generator, allowed)
+        if token is None:  # nothing valid: close the object now
+            closing = self._json.closing(seq.json_state)
+            seq.forced = [single[b] for b in closing if b in single]
+            seq.forced_close = True
+            return seq.forced.pop(0) if seq.forced else next(iter(eos), 0)
+        return token
+
+    def _advance(self, vocab: Vocab, seq: Seq, token: int, logprobs: torch.Tensor) -> Delta:
+        """Record `token` for `seq`; the Delta to send (text, logprobs, finish reason)."""
+        params = seq.request.params
+        seq.generated.append(token)
+        seq.stream.completion_tokens += 1
+        delta = Delta(index=seq.index, token_ids=[token])
+        if params.logprobs is not None:
+            top: tuple[tuple[int, float], ...] = ()
+            if params.logprobs > 0:
+                values, ids = logprobs.topk(params.logprobs)
+                top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+            delta.logprobs.append(TokenLogprob(token, float(logprobs[token]), top))
+        finish = None
+        text = ""
+        stop_hit = False
+        if token in seq.eos and not seq.forced_close:
+            finish = "stop"  # the EOS token itself adds no text
+        else:
+            text, stop_hit = seq.stop.add(seq.detok.add(token))
+            if stop_hit:
+                finish = "stop"
+            elif seq.json_state is not None:
+                raw = vocab.bytes_table()[token] or b""
+                seq.json_state = self._json.feed(seq.json_state, raw)
+                if self._json.is_done(seq.json_state):
+                    finish = "length" if seq.forced_close else "stop"
+        if finish is None and len(seq.generated) >= params.max_tokens:
+            finish = "length"
+        if finish is not None:
+            if not stop_hit:  # release what the detokenizer and stop matcher held back
+                tail, stop_hit = seq.stop.add(seq.detok.flush())
+                text += tail
+                if stop_hit:
+                    finish = "stop"
+                else:
+                    text += seq.stop.flush()
+            seq.finished = True
+            seq.stream.remaining -= 1
+            delta.finish_reason = finish  # type: ignore[assignment]
+        delta.text = text
+        return delta
