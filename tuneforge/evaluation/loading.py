@@ -88,6 +88,7 @@ def load_for_eval(
                 f"{name}: the model folder has no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); "
                 "save it next to the weights with tokenizer.save_pretrained(folder)"
             )
+    base: str | None
     try:
         if is_adapter:
             model, tokenizer, base = _load_adapter(path)
