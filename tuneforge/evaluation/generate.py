@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from tuneforge.tokenize import IGNORE_INDEX, encode
+from tuneforge.tokenize.tokenizer import stop_ids
 
 
 @dataclass(frozen=True)
@@ -51,35 +51,10 @@ class Reply:
 def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
     """Token ids that end a reply: EOS (tokenizer and generation config) and end-of-turn.
 
-    The end-of-turn token is found the way training finds it: it is the last trained token of
-    an encoded one-turn conversation (`<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3), kept
-    when it is a special token.
+    The end-of-turn token is the one the chat template closes an assistant turn with, found
+    the way training finds it (`tuneforge.tokenize.tokenizer.end_of_turn_ids`).
     """
-    ids: list[int] = []
-    for value in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
-        ids += value if isinstance(value, list) else [value] if value is not None else []
-    if getattr(tokenizer, "chat_template", None):
-        probe = {
-            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
-        }
-        try:
-            enc = encode(probe, tokenizer, train_on="last_assistant")
-            trained = [
-                t
-                for t, label in zip(enc.input_ids, enc.labels, strict=True)
-                if label != IGNORE_INDEX
-            ]
-            if trained and _is_special(tokenizer, trained[-1]):
-                ids.append(trained[-1])
-        except ValueError:
-            pass  # a template that cannot be probed: EOS alone stops
-    return list(dict.fromkeys(ids))
-
-
-def _is_special(tokenizer: Any, token_id: int) -> bool:
-    """A special token: a named one (eos, pad, ...) or an added token marked special."""
-    added = getattr(tokenizer, "added_tokens_decoder", {}).get(token_id)
-    return token_id in tokenizer.all_special_ids or bool(added is not None and added.special)
+    return stop_ids(tokenizer, getattr(model.generation_config, "eos_token_id", None))
 
 
 @torch.no_grad()

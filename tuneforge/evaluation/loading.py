@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from tuneforge.modeling.folder import (
+    TOKENIZER_FILES,
+    ManifestError,
+    has_tokenizer,
+    load_tokenizer,
+    read_folder,
+)
+from tuneforge.modeling.folder import read_manifest as folder_manifest
 from tuneforge.modeling.load import load_model_and_tokenizer
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 class EvalError(ValueError):
@@ -31,29 +36,24 @@ class LoadedModel:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The folder's `tuneforge.json`, or {} when there is none."""
-    path = Path(folder) / "tuneforge.json"
-    if not path.is_file():
-        return {}
+    """The folder's `tuneforge.json` as a JSON object, or {} when there is none."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise EvalError(f"{path}: not valid JSON ({e})") from None
+        manifest = folder_manifest(folder)
+    except ManifestError as e:
+        raise EvalError(str(e)) from None
+    return manifest.to_json() if manifest is not None else {}
 
 
 def base_model_of(folder: str | Path) -> str | None:
     """The base a model folder was fine-tuned from: adapter_config.json, else tuneforge.json."""
     folder = Path(folder)
-    adapter = folder / "adapter_config.json"
-    if adapter.is_file():
-        base = json.loads(adapter.read_text()).get("base_model_name_or_path")
-        if base:
-            return str(base)
-    return read_manifest(folder).get("base_model") if folder.is_dir() else None
-
-
-def has_tokenizer(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+    if not folder.is_dir():
+        return None
+    found = read_folder(folder)
+    try:
+        return found.adapter_base or found.base_model
+    except ManifestError as e:
+        raise EvalError(str(e)) from None
 
 
 def load_for_eval(
@@ -76,9 +76,9 @@ def load_for_eval(
     if looks_local and not path.is_dir():
         raise EvalError(f"{name}: no such model folder")
     manifest = read_manifest(path) if path.is_dir() else {}
-    is_adapter = path.is_dir() and (path / "adapter_config.json").is_file()
+    is_adapter = path.is_dir() and read_folder(path).is_adapter
     if path.is_dir() and not is_adapter:
-        if not (path / "config.json").is_file():
+        if not read_folder(path).is_model:
             raise EvalError(
                 f"{name}: not a model folder (no config.json or adapter_config.json); "
                 "point --model at a folder written by `tuneforge train` or save_pretrained"
@@ -88,6 +88,7 @@ def load_for_eval(
                 f"{name}: the model folder has no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); "
                 "save it next to the weights with tokenizer.save_pretrained(folder)"
             )
+    base: str | None
     try:
         if is_adapter:
             model, tokenizer, base = _load_adapter(path)
@@ -107,8 +108,6 @@ def load_for_eval(
 def _load_adapter(path: Path) -> tuple[Any, Any, str]:
     from peft import PeftModel
 
-    from tuneforge.tokenize.inspect import load_tokenizer
-
     base = base_model_of(path)
     if not base:
         raise EvalError(
@@ -120,9 +119,7 @@ def _load_adapter(path: Path) -> tuple[Any, Any, str]:
     except (OSError, ValueError) as e:
         raise EvalError(f"{path}: cannot load the adapter's base model {base!r}: {e}") from e
     if has_tokenizer(path):
-        tokenizer = load_tokenizer(str(path))
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer = load_tokenizer(path)
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer))
     # Folding the adapter into the weights gives the same function without the per-layer LoRA

@@ -43,7 +43,6 @@ Example (the seam the job store plugs into):
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import threading
@@ -51,12 +50,26 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-ModelKind = Literal["full", "adapter"]
+from tuneforge.modeling.folder import (
+    MANIFEST_FILE,
+    ManifestError,
+    ModelKind,
+    detect_kind,
+    read_manifest,
+)
 
-_FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-_ADAPTER_WEIGHTS = ("adapter_model.safetensors",)
+__all__ = [
+    "AdminOnly",
+    "ModelEntry",
+    "ModelKind",
+    "ModelRegistry",
+    "ModelSource",
+    "NotDeletable",
+    "detect_kind",
+    "is_inside",
+]
 
 
 @dataclass(frozen=True)
@@ -101,15 +114,6 @@ class NotDeletable(PermissionError):
 
 class AdminOnly(PermissionError):
     """Only an admin key may delete the model (a folder of the model store)."""
-
-
-def detect_kind(folder: Path) -> ModelKind | None:
-    """`adapter` / `full` for a folder with safetensors weights, None otherwise."""
-    if (folder / "adapter_config.json").is_file():
-        return "adapter" if any((folder / w).is_file() for w in _ADAPTER_WEIGHTS) else None
-    if (folder / "config.json").is_file():
-        return "full" if any((folder / w).is_file() for w in _FULL_WEIGHTS) else None
-    return None
 
 
 def is_inside(path: Path, root: Path) -> bool:
@@ -284,7 +288,7 @@ class ModelRegistry:
             kind=kind,
             # Only fine-tunes TuneForge wrote (they carry tuneforge.json) can be deleted, and
             # never the base (checked again, by folder, in `delete`).
-            deletable=(folder / "tuneforge.json").is_file(),
+            deletable=(folder / MANIFEST_FILE).is_file(),
         )
         return replace(entry, deletable=False) if self._is_base(entry) else entry
 
@@ -348,11 +352,10 @@ def _admit(entry: ModelEntry, source: object, root: Path | None) -> ModelEntry |
 
 def _owner(folder: Path) -> str:
     """`owned_by` for a store folder: "tuneforge" for fine-tunes it made, else "system"."""
-    meta = folder / "tuneforge.json"
-    if meta.is_file():
-        try:
-            data = json.loads(meta.read_text())
-            return str(data.get("owned_by") or "tuneforge")
-        except (OSError, ValueError):
-            return "tuneforge"
-    return "system"
+    try:
+        manifest = read_manifest(folder)
+    except (OSError, ManifestError):
+        return "tuneforge"
+    if manifest is None:
+        return "system"
+    return str(manifest.owned_by or "tuneforge")

@@ -6,12 +6,14 @@ organization). Both return OpenAI's JSON shapes as dicts.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
 from tuneforge.jobs.schemas import CheckpointPublic, EventPublic, JobPublic
 from tuneforge.jobs.store import JobStore
+from tuneforge.modeling.folder import export_model
+
+__all__ = ["HttpClient", "JobsClient", "StoreClient", "export_model"]
 
 
 class JobsClient(Protocol):
@@ -121,36 +123,3 @@ class HttpClient:
 
     def models(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/models")["data"]
-
-
-# Checkpoint folders also hold the state needed to resume training; an export leaves it out.
-_TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"}
-
-
-def export_model(source: Path, dest: Path, merge: bool = False) -> Path:
-    """Copy a fine-tuned model (or checkpoint) folder to `dest` as a standard Hugging Face
-    folder; with `merge`, fold a LoRA adapter into its base and write full weights."""
-    dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} is not empty")
-    dest.mkdir(parents=True, exist_ok=True)
-    adapter = (source / "adapter_config.json").is_file()
-    if merge and adapter:
-        from peft import AutoPeftModelForCausalLM
-        from transformers import AutoTokenizer
-
-        model = AutoPeftModelForCausalLM.from_pretrained(str(source))
-        merged = model.merge_and_unload(safe_merge=True)
-        merged.save_pretrained(str(dest), safe_serialization=True)
-        AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(dest))
-        if (source / "tuneforge.json").is_file():
-            shutil.copy2(source / "tuneforge.json", dest / "tuneforge.json")
-        return dest
-    for item in source.iterdir():
-        if item.name in _TRAINING_STATE or item.name in ("checkpoints", "tensorboard"):
-            continue
-        if item.is_dir():
-            shutil.copytree(item, dest / item.name)
-        else:
-            shutil.copy2(item, dest / item.name)
-    return dest

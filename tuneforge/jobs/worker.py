@@ -26,7 +26,6 @@ import io
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -47,15 +46,14 @@ from tuneforge.jobs.failures import error as job_error
 from tuneforge.jobs.limits import JobLimits, training_environment
 from tuneforge.jobs.store import JobStore, new_id
 
+# The checkpoint layout, from the torch-free model folder module (the worker never imports
+# torch: training runs in the runner's process).
+from tuneforge.modeling.folder import CHECKPOINTS_DIR, checkpoint_steps
+
 log = logging.getLogger("tuneforge.jobs.worker")
 
 # The runner reads this to die with its worker (see tuneforge.jobs.runner).
 PARENT_ENV = "TUNEFORGE_WORKER_PID"
-# What `tuneforge.training.checkpoint` writes: `step-000120/` folders, complete once their
-# trainer_state.json exists. Listed here without importing training (and torch) into the
-# worker process.
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-_STATE_FILE = "trainer_state.json"
 
 MAX_ATTEMPTS = 5
 
@@ -530,15 +528,7 @@ class Worker:
 
 def _checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
     """(step, folder) of the complete checkpoints of a run, oldest first."""
-    root = out_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and (p / _STATE_FILE).is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    return checkpoint_steps(out_dir / CHECKPOINTS_DIR)
 
 
 def _latest_step(out_dir: Path) -> int | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from tuneforge.modeling.folder import load_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -23,17 +25,8 @@ def load_model_and_tokenizer(
     Example:
         >>> model, tok = load_model_and_tokenizer("Qwen/Qwen2.5-0.5B-Instruct", "bf16")
     """
-    from tuneforge.tokenize import ensure_chat_template
-
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        # Padding positions are masked out of attention and loss, so reusing EOS is safe.
-        fallback = tokenizer.eos_token or tokenizer.unk_token
-        if fallback is None:
-            raise ValueError(f"{name_or_path}: tokenizer has no pad, eos or unk token")
-        tokenizer.pad_token = fallback
-    ensure_chat_template(tokenizer)
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path,
         dtype=torch_dtype,
@@ -69,13 +62,8 @@ def load_classifier(
     """
     from transformers import AutoModelForSequenceClassification
 
-    from tuneforge.tokenize import ensure_chat_template
-
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    ensure_chat_template(tokenizer)
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
     model = AutoModelForSequenceClassification.from_pretrained(
         name_or_path,
         num_labels=len(labels),

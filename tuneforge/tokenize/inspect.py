@@ -9,22 +9,13 @@ from rich.panel import Panel
 from rich.text import Text
 
 from tuneforge.tokenize.encode import Encoded, encode, token_view
-from tuneforge.tokenize.templates import ensure_chat_template
+from tuneforge.tokenize.tokenizer import load_tokenizer
 
 TRAINED_STYLE = "bold black on green"
 MASKED_STYLE = "dim"
 
-
-def load_tokenizer(path: str) -> Any:
-    """Load the tokenizer of a model folder or Hub id, with a chat template ensured.
-
-    A tokenizer without a template gets the ChatML default, as training gives it.
-    """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    ensure_chat_template(tokenizer)
-    return tokenizer
+# `load_tokenizer` lives in tokenize.tokenizer; the `tokens` commands import it from here.
+__all__ = ["MASKED_STYLE", "TRAINED_STYLE", "inspect_example", "load_tokenizer", "render_tokens"]
 
 
 def render_tokens(enc: Encoded, tokenizer: Any, show_boundaries: bool = True) -> Text:

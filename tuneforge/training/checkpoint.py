@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,11 +35,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tuneforge.fsutil import fsync_dir
+from tuneforge.modeling.folder import MANIFEST_FILE, STATE_FILE, checkpoint_name, checkpoint_steps
 from tuneforge.modeling.load import unwrap_model
-
-STATE_FILE = "trainer_state.json"
-MANIFEST_FILE = "tuneforge.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
@@ -170,7 +166,7 @@ def save_checkpoint(
     """Atomically write a checkpoint of `state.step` under `root`; return its folder."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step:06d}"
+    final = root / checkpoint_name(state.step)
     if final.exists():
         return final
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -192,15 +188,7 @@ def save_checkpoint(
 
 def list_checkpoints(root: str | Path) -> list[Path]:
     """Complete checkpoints under `root`, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for p in root.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and (p / STATE_FILE).is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+    return [p for _, p in checkpoint_steps(root)]
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:

@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from tuneforge.data.stats import auto_epochs  # one rule for `data stats` and `train`
+from tuneforge.modeling.folder import is_model_folder
 
 Auto = Literal["auto"]
 
@@ -210,10 +211,7 @@ class ParentSection(_Section):
     @field_validator("model")
     @classmethod
     def _is_model_folder(cls, v: Path | None) -> Path | None:
-        has_weights = v is None or any(
-            (Path(v) / name).is_file() for name in ("config.json", "adapter_config.json")
-        )
-        if not has_weights:
+        if v is not None and not is_model_folder(v):
             raise ValueError(f"not a model folder (no config.json or adapter_config.json): {v}")
         return v
 

@@ -12,19 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "tuneforge.json"
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any] | None:
-    """The `tuneforge.json` of a model folder, or None when it has none."""
-    path = Path(folder) / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+from tuneforge.modeling.folder import read_folder, read_manifest
 
 
 @dataclass(frozen=True)
@@ -46,32 +39,25 @@ class Parent:
 
 def read_parent(folder: str | Path) -> Parent:
     """Inspect a fine-tuned model folder (a TuneForge output, or any HF / PEFT folder)."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    is_adapter = (folder / "adapter_config.json").is_file()
-    base = (manifest or {}).get("base_model")
-    if is_adapter:
-        adapter_base = json.loads((folder / "adapter_config.json").read_text()).get(
-            "base_model_name_or_path"
-        )
-        base = base or adapter_base
+    found = read_folder(folder)
+    manifest = found.manifest
+    base = found.base_model
+    if found.is_adapter:
+        base = base or found.adapter_base
         if not base:
-            raise ValueError(f"{folder}: an adapter without a recorded base model")
+            raise ValueError(f"{found.path}: an adapter without a recorded base model")
         weights = base
     else:
-        weights = str(folder)
-        base = base or str(folder)
-    config = (manifest or {}).get("config", {})
-    lr = config.get("optim", {}).get("lr")
-    train = (manifest or {}).get("data", {}).get("train", {}).get("path")
+        weights = str(found.path)
+        base = base or str(found.path)
     return Parent(
-        path=folder,
-        is_adapter=is_adapter,
+        path=found.path,
+        is_adapter=found.is_adapter,
         weights=weights,
         base_model=base,
-        lr=lr if isinstance(lr, float) else None,
-        train_data=Path(train) if train else None,
-        manifest=manifest,
+        lr=manifest.lr if manifest is not None else None,
+        train_data=manifest.train_data if manifest is not None else None,
+        manifest=manifest.to_json() if manifest is not None else None,
     )
 
 
@@ -107,8 +93,8 @@ def lineage(folder: str | Path) -> list[str]:
         if manifest is None:
             base = None
             break
-        base = manifest.get("base_model")
-        parent = manifest.get("parent_model")
+        base = manifest.base_model
+        parent = manifest.parent_model
         current = Path(parent) if parent else None
     if base and base not in chain:
         chain.append(base)
