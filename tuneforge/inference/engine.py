@@ -55,7 +55,7 @@ from tuneforge.inference.params import (
     RequestStream,
 )
 from tuneforge.inference.registry import ModelEntry
-from tuneforge.inference.residency import LoadedModel, Residency, end_of_turn_ids
+from tuneforge.inference.residency import LoadedModel, Residency
 
 __all__ = [
     "Engine",
@@ -201,8 +201,8 @@ class Engine:
         return self._models.vocab(entry).decode(ids)
 
     def chat_stop_ids(self, entry: ModelEntry) -> tuple[int, ...]:
-        """End-of-turn tokens of chat templates present in the vocabulary."""
-        return end_of_turn_ids(self._models.vocab(entry).tokenizer)
+        """Tokens that end a chat reply: EOS and the chat template's end-of-turn token."""
+        return self._models.vocab(entry).chat_stop_ids
 
     def token_text(self, entry: ModelEntry, token_id: int) -> tuple[str, bytes]:
         """(text, raw bytes) of one token, for logprobs."""

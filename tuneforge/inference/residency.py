@@ -27,45 +27,19 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, DynamicCache
+from transformers import AutoConfig, DynamicCache
 
 from tuneforge.inference.lanes import Lane
 from tuneforge.inference.params import EngineError
 from tuneforge.inference.registry import ModelEntry
 from tuneforge.inference.vocab import Vocab
+from tuneforge.tokenize.tokenizer import load_tokenizer
 
 log = logging.getLogger("tuneforge.inference")
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 BASE_KEY = ""  # model key of the base model (merged models use their folder)
 _SPARE_VOCABS = 2  # vocabs kept for models neither resident nor loading
-
-
-# -- The model folder's tokenizer and where a reply ends -----------------------------------------
-# The engine's only tokenizer loader and end-of-turn rule. `tuneforge.modeling.folder` is to own
-# both for the whole package: these two functions then become calls to it.
-
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
-
-
-def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
-    """The tokenizer of a model folder, with a pad token and a chat template."""
-    from tuneforge.tokenize import ensure_chat_template
-
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token or tok.unk_token
-    ensure_chat_template(tok)
-    return tok
-
-
-def end_of_turn_ids(tokenizer: Any) -> tuple[int, ...]:
-    """End-of-turn tokens of chat templates present in the vocabulary."""
-    vocab = tokenizer.get_vocab()
-    return tuple(vocab[t] for t in END_OF_TURN if t in vocab)
-
-
-# ------------------------------------------------------------------------------------------------
 
 
 def context_of(config: Any) -> int:

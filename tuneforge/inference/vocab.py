@@ -17,6 +17,7 @@ from typing import Any
 
 from tuneforge.inference.params import PromptTooLong
 from tuneforge.inference.tokens import token_bytes_table
+from tuneforge.tokenize.tokenizer import stop_ids
 
 
 class Vocab:
@@ -34,6 +35,9 @@ class Vocab:
                 backend.no_padding()
         self.tokenizer = tokenizer
         self.context_length = context_length
+        # Where a chat reply ends: EOS and the template's end-of-turn token (one rule for
+        # training, evaluation and serving; probed once, before the tokenizer is shared).
+        self.chat_stop_ids: tuple[int, ...] = tuple(stop_ids(tokenizer))
         self._bytes: list[bytes | None] | None = None
         self._single: dict[int, int] | None = None
         self._max_chars: int | None = None
