@@ -102,7 +102,9 @@ def test_cli_imports_in_bf16_and_says_it_dequantized(smollm2_gguf, tmp_path):
     assert result.exit_code == 0, result.output
     assert "dequantized from Q4_1" in result.output
     assert str(out) in result.output
-    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"
+    assert "quantization_config" not in config and "_model_name_or_path" not in config
     assert json.loads((out / "tuneforge.json").read_text())["dtype"] == "bf16"
 
 

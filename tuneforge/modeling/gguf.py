@@ -11,6 +11,7 @@ where it came from in `tuneforge.json`. The result loads with plain `transformer
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -174,11 +175,10 @@ def import_gguf(path: str | Path, out_dir: str | Path, dtype: str = "fp32") -> P
 
 def _write_folder(path: Path, info: GGUFInfo, dest: Path, dtype: torch.dtype) -> None:
     """Dequantize with transformers and save model, tokenizer and generation config."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     source = {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
     try:
-        config = AutoConfig.from_pretrained(**source)
         tokenizer = AutoTokenizer.from_pretrained(**source)
         loaded = AutoModelForCausalLM.from_pretrained(**source, dtype=dtype)
     except (ValueError, KeyError, NotImplementedError, RuntimeError) as err:
@@ -187,7 +187,9 @@ def _write_folder(path: Path, info: GGUFInfo, dest: Path, dtype: torch.dtype) ->
 
     # The GGUF-loaded model carries a GGUF "quantizer" that refuses save_pretrained; move its
     # (already dequantized) tensors into a plain model built from the same config.
-    config.__dict__.pop("_model_name_or_path", None)  # general.name, not a path
+    config = copy.deepcopy(loaded.config)
+    for attr in ("quantization_config", "_model_name_or_path"):  # the latter is general.name
+        config.__dict__.pop(attr, None)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.load_state_dict(loaded.state_dict(), assign=True)
