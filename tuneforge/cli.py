@@ -536,7 +536,7 @@ def demo(
 jobs_app = typer.Typer(help="Fine-tuning jobs: list, show, events, cancel.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
 # Other commands (e.g. `models lineage`) join this group.
-models_app = typer.Typer(help="Fine-tuned models: list, export, lineage.", no_args_is_help=True)
+models_app = typer.Typer(help="Models: import (GGUF), list, export, lineage.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 _DATA_DIR_OPT = typer.Option(
@@ -762,6 +762,51 @@ def models_export(
         err_console.print(f"[red]error:[/] {err}", highlight=False)
         raise typer.Exit(1) from None
     console.print(f"{model_id} -> {dest}", highlight=False)
+
+
+@models_app.command("import")
+def models_import(
+    source: str = typer.Argument(..., help="A .gguf file (Ollama, llama.cpp), Hub id or folder."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder to write (new or empty); needed for a .gguf file."
+    ),
+    dtype: str = typer.Option(
+        "fp32", "--dtype", help="Weights' dtype: fp32 (exact dequantized values), bf16 or fp16."
+    ),
+) -> None:
+    """Import a GGUF file as a standard Hugging Face folder (weights dequantized)."""
+    import re
+
+    from tuneforge.modeling.gguf import GGUFImportError, import_gguf, read_gguf_info
+
+    path = Path(source)
+    hub_id = re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.endswith(".gguf")
+    if path.is_dir() or (not path.exists() and hub_id):
+        what = "a folder" if path.is_dir() else "a Hub id"
+        console.print(
+            f"{source} is {what}: TuneForge uses it as is (e.g. `tuneforge train --model "
+            f"{source}`); no import needed.",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    try:
+        if out is None:
+            raise GGUFImportError("give the folder to write with -o DIR")
+        info = read_gguf_info(path)
+        dest = import_gguf(path, out, dtype=dtype)
+    except GGUFImportError as err:
+        err_console.print(f"[red]error:[/] {_escape(str(err))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    how = "dequantized" if info.dequantized else "converted"
+    console.print(
+        f"{path.name}: {info.architecture} weights {how} from {info.quantization} to {dtype}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(f"model folder: {dest}", markup=False, highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
