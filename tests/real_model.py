@@ -70,11 +70,14 @@ def smollm2_gguf() -> Path:
 
 
 def smollm2_folder(gguf: Path | None = None) -> Path:
-    """The GGUF imported as a Hugging Face folder (fp32), cached by the GGUF's SHA-256."""
-    from tuneforge.modeling.gguf import import_gguf, sha256_file
+    """The GGUF imported as a Hugging Face folder (fp32), cached by the GGUF's SHA-256 and the
+    importer's format version (a changed importer never reuses an old import)."""
+    from tuneforge.modeling.gguf import IMPORT_FORMAT, import_gguf, sha256_file
 
     gguf = gguf or smollm2_gguf()
-    folder = cache_dir() / "models" / f"SmolLM2-135M-Instruct-{sha256_file(gguf)[:16]}"
+    folder = (
+        cache_dir() / "models" / f"SmolLM2-135M-Instruct-{sha256_file(gguf)[:16]}-v{IMPORT_FORMAT}"
+    )
     if folder.is_dir():  # import_gguf renames a finished folder into place: it is whole
         return folder
     try:

@@ -25,11 +25,14 @@ from typing import Any
 import torch
 
 from tuneforge import __version__
-from tuneforge.fsutil import fsync_dir, write_json
+from tuneforge.fsutil import fsync_dir
+from tuneforge.modeling.folder import write_manifest
 from tuneforge.modeling.load import DTYPES
 
+# Bumped whenever an import would write a different folder (caches of imports key on it).
+IMPORT_FORMAT = 1
+
 GGUF_MAGIC = b"GGUF"
-MANIFEST = "tuneforge.json"
 # Tensor types that hold plain floats: a file made only of these is converted, not dequantized.
 _FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 # GGUF architecture names that transformers spells differently.
@@ -221,8 +224,8 @@ def write_import_manifest(
     folder: Path, info: GGUFInfo, source: Path, sha256: str, dtype: str
 ) -> None:
     """Write `tuneforge.json` recording the import (the one place its keys are chosen)."""
-    write_json(
-        folder / MANIFEST,
+    write_manifest(
+        folder,
         {
             "tuneforge_version": __version__,
             "architecture": info.architecture,
