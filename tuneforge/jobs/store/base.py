@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, Result, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneforge.jobs import db
@@ -80,6 +80,13 @@ def json_safe(data: dict[str, Any] | None) -> dict[str, Any] | None:
     return {
         k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in data.items()
     }
+
+
+def rowcount(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched (`Session.execute` is typed as returning a
+    plain `Result`; for those statements it is a `CursorResult`)."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 class StoreBase:

@@ -15,7 +15,7 @@ from tuneforge.fsutil import fsync_dir
 from tuneforge.jobs.db import File, Job
 from tuneforge.jobs.errors import InvalidRequest, NotFound
 from tuneforge.jobs.limits import QuotaExceeded
-from tuneforge.jobs.store.base import StoreBase, new_id, now
+from tuneforge.jobs.store.base import StoreBase, new_id, now, rowcount
 from tuneforge.jobs.store.paging import Page
 from tuneforge.jobs.store.uploads import DATA_SUFFIXES, validate_upload
 
@@ -90,9 +90,9 @@ class FileStore(StoreBase):
             return
         size = source.stat().st_size
         with self.reading() as s:
-            used = s.scalar(
+            used = s.execute(
                 select(func.coalesce(func.sum(File.bytes), 0)).where(File.org_id == org_id)
-            )
+            ).scalar_one()
         quota = self.limits.max_file_bytes
         if used + size > quota:
             source.unlink(missing_ok=True)
@@ -126,7 +126,7 @@ class FileStore(StoreBase):
                 .where(File.id == file_id, File.status == "uploaded")
                 .values(status=status, status_details=details, report=report)
             )
-            if res.rowcount == 1 and status == "processed":
+            if rowcount(res) == 1 and status == "processed":
                 self._queue_jobs_waiting_on(s, file_id)
         with self.reading() as s:
             return s.scalar(select(File).where(File.id == file_id))

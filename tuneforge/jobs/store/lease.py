@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 
 from tuneforge.jobs.db import Job
-from tuneforge.jobs.store.base import TERMINAL, StoreBase, now
+from tuneforge.jobs.store.base import TERMINAL, StoreBase, now, rowcount
 
 
 def release(job: Job) -> None:
@@ -57,7 +57,7 @@ class WorkerLease(StoreBase):
         )
         with self.session() as s:
             q = select(Job).where(runnable).order_by(Job.seq).limit(1)
-            if s.bind.dialect.name == "postgresql":
+            if s.get_bind().dialect.name == "postgresql":
                 q = q.with_for_update(skip_locked=True)
             job = s.scalar(q)
             if job is None:
@@ -75,7 +75,7 @@ class WorkerLease(StoreBase):
                 )
                 .execution_options(synchronize_session=False)
             )
-            if res.rowcount != 1:
+            if rowcount(res) != 1:
                 return None
             if previous[1] is not None:
                 self._event(
@@ -95,7 +95,7 @@ class WorkerLease(StoreBase):
                 .where(Job.id == job_id, Job.worker_id == worker_id)
                 .values(lease_expires_at=time.time() + lease_s)
             )
-            if res.rowcount != 1:
+            if rowcount(res) != 1:
                 return False, None
             return True, s.scalar(select(Job.control).where(Job.id == job_id))
 
@@ -115,7 +115,7 @@ class WorkerLease(StoreBase):
                 .where(Job.id == job_id, Job.worker_id == worker_id)
                 .values(version=Job.version + 1, **values)
             )
-            if res.rowcount != 1:
+            if rowcount(res) != 1:
                 return False
             if event is not None:
                 self._event(s, job_id, event[0], data=event[1])

@@ -155,11 +155,11 @@ class JobLifecycle(FileStore, ModelStore):
         """
         most = self.limits.max_active_jobs
         with self.reading() as s:
-            active = s.scalar(
+            active = s.execute(
                 select(func.count())
                 .select_from(Job)
                 .where(Job.org_id == org_id, Job.status.in_(ACTIVE))
-            )
+            ).scalar_one()
         if active >= most:
             raise QuotaExceeded(
                 f"This organization has {active} active fine-tuning jobs (validating, queued "
@@ -300,9 +300,9 @@ class JobLifecycle(FileStore, ModelStore):
         self.get_job(org_id, job_id)
         with self.session() as s:
             q = select(Job).where(Job.id == job_id)
-            if s.bind.dialect.name == "postgresql":
+            if s.get_bind().dialect.name == "postgresql":
                 q = q.with_for_update()
-            job = s.scalar(q)
+            job = s.scalars(q).one()  # get_job found it; jobs are never deleted
             change(s, job)
             job.version += 1
         return job

@@ -42,7 +42,7 @@ class ModelStore(StoreBase):
             q2 = select(JobCheckpoint).where(JobCheckpoint.model_id == model_id)
             c = s.scalar(q2 if org_id is None else q2.where(JobCheckpoint.org_id == org_id))
             if c is not None:
-                job = s.scalar(select(Job).where(Job.id == c.job_id))
+                job = s.scalars(select(Job).where(Job.id == c.job_id)).one()  # its foreign key
                 return ResolvedModel(
                     c.model_id,
                     job.base_model,
