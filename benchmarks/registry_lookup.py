@@ -26,38 +26,53 @@ from tuneforge.jobs.spec import JobCreate
 from tuneforge.server.jobs import JobsState
 
 
-def build_store(root: Path, n: int, orgs: int = 10) -> tuple[JobStore, str]:
-    """A job store with `n` fine-tune rows; one of them (returned) has a model folder (the
-    files lookups check for; nothing is loaded)."""
-    store = JobStore.open(root / "data")
-    train = root / "train.jsonl"
+def seed_fine_tunes(
+    store: JobStore, work_dir: Path, n: int, *, orgs: int = 10, base: str = "tiny"
+) -> list[tuple[str, Path]]:
+    """`n` fine-tune rows over `orgs` organizations, as the worker writes them, behind one
+    real job (its training file written in `work_dir`). No folder is made.
+
+    Returns each model's (id, folder): `ft:{base}:org-{i % orgs}::m{i:06d}`, its folder
+    `store.job_dir("m{i:06d}") / "output"`.
+    """
+    train = work_dir / "train.jsonl"
     rows = [
         {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
         for i in range(12)
     ]
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     f = store.add_file("org-0", "train.jsonl", "fine-tune", train)
-    job = store.create_job("org-0", JobCreate(model="tiny", training_file=f.id))
+    job = store.create_job("org-0", JobCreate(model=base, training_file=f.id))
+    models = [
+        (f"ft:{base}:org-{i % orgs}::m{i:06d}", store.job_dir(f"m{i:06d}") / "output")
+        for i in range(n)
+    ]
     with store.session() as s:
         for k in range(orgs):
             store._ensure_org(s, f"org-{k}")
         s.add_all(
             Model(
-                id=f"ft:tiny:org-{i % orgs}::m{i:06d}",
+                id=model_id,
                 org_id=f"org-{i % orgs}",
                 job_id=job.id,
                 created_at=i,
-                base_model="tiny",
-                path=str(store.job_dir(f"m{i:06d}") / "output"),
+                base_model=base,
+                path=str(folder),
             )
-            for i in range(n)
+            for i, (model_id, folder) in enumerate(models)
         )
-    target = n - 3
-    folder = store.job_dir(f"m{target:06d}") / "output"
+    return models
+
+
+def build_store(root: Path, n: int, orgs: int = 10) -> tuple[JobStore, str]:
+    """A job store with `n` fine-tune rows; one of them (returned) has a model folder (the
+    files lookups check for; nothing is loaded)."""
+    store = JobStore.open(root / "data")
+    target, folder = seed_fine_tunes(store, root, n, orgs=orgs)[n - 3]
     folder.mkdir(parents=True)
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"")
-    return store, f"ft:tiny:org-{target % orgs}::m{target:06d}"
+    return store, target
 
 
 def main() -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,6 +21,28 @@ from tuneforge.server.app import create_app
 from tuneforge.server.settings import ServerSettings
 
 API_KEY = "sk-test-key"
+# Two organizations, one key each (an API keys file's contents).
+KEYS = {"sk-org-a": "org-a", "sk-org-b": "org-b"}
+
+
+def settings_for(model_dir: Path, data_dir: Path | None = None, **overrides: Any) -> ServerSettings:
+    """A test server's settings: base `tiny-llama` from `model_dir`, one torch thread, the
+    job store in `data_dir` (the settings' default when None); `overrides` on top."""
+    values: dict[str, Any] = {
+        "model_dir": model_dir,
+        "base_model": "tiny-llama",
+        "torch_threads": 1,
+    }
+    if data_dir is not None:
+        values["data_dir"] = data_dir
+    return ServerSettings(**{**values, **overrides})
+
+
+def keys_file(folder: Path, keys: dict[str, str] = KEYS) -> Path:
+    """`folder/keys.json` holding `keys` (key -> organization), for `api_keys_file`."""
+    path = folder / "keys.json"
+    path.write_text(json.dumps(keys))
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -81,15 +105,13 @@ def stop_server(running: RunningServer) -> None:
 @pytest.fixture(scope="session")
 def server(model_store, tmp_path_factory) -> Iterator[RunningServer]:
     """The main server: API key required, base `tiny-llama`, adapters on first use."""
-    settings = ServerSettings(
-        model_dir=model_store,
-        base_model="tiny-llama",
-        data_dir=tmp_path_factory.mktemp("data"),
+    settings = settings_for(
+        model_store,
+        tmp_path_factory.mktemp("data"),
         api_keys=[API_KEY],
         max_batch_size=8,
         max_tokens_cap=256,
         max_body_bytes=64 * 1024,
-        torch_threads=1,
     )
     running = start_server(settings)
     yield running
@@ -102,6 +124,29 @@ def client(server):
 
     with OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0, timeout=60) as c:
         yield c
+
+
+def fuzzed_api(settings: ServerSettings) -> Iterator[Any]:
+    """Start a server with `settings`, yield schemathesis' view of its own OpenAPI document
+    (fuzzing only: the exhaustive coverage phase takes minutes here), then stop it."""
+    import schemathesis
+
+    running = start_server(settings)
+    schema = schemathesis.openapi.from_url(
+        running.url + "/openapi.json", headers={"Authorization": f"Bearer {API_KEY}"}
+    )
+    schema.config.phases.coverage.enabled = False
+    yield schema
+    stop_server(running)
+
+
+def call_without_5xx(case: Any) -> None:
+    """Send a generated request with the key; the answer must not be a server error."""
+    from schemathesis.checks import not_a_server_error
+
+    case.call_and_validate(
+        headers={"Authorization": f"Bearer {API_KEY}"}, checks=[not_a_server_error], timeout=60
+    )
 
 
 def wait_for_file(client, file_id: str, timeout: float = 30):

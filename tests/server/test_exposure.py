@@ -16,11 +16,10 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.server.conftest import API_KEY, start_server, stop_server
+from tests.server.conftest import API_KEY, keys_file, settings_for, start_server, stop_server
 from tuneforge.server.app import create_app
 from tuneforge.server.settings import ServerSettings
 
-KEYS = {"sk-org-a": "org-a", "sk-org-b": "org-b"}
 CHAT = [{"role": "user", "content": "Hello!"}]
 
 
@@ -68,16 +67,9 @@ def test_public_bind_is_refused_by_the_cli(model_store, tmp_path):
 @pytest.fixture(scope="module")
 def orgs(model_store, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("exposure")
-    keys = tmp / "keys.json"
-    keys.write_text(json.dumps(KEYS))
     running = start_server(
-        ServerSettings(
-            model_dir=model_store,
-            base_model="tiny-llama",
-            data_dir=tmp / "data",
-            api_keys_file=keys,
-            allowed_hosts=["tuneforge.lan"],
-            torch_threads=1,
+        settings_for(
+            model_store, tmp / "data", api_keys_file=keys_file(tmp), allowed_hosts=["tuneforge.lan"]
         )
     )
     yield running
@@ -110,7 +102,7 @@ def test_openapi_needs_a_key_and_health_says_only_its_status(orgs):
 def test_open_server_keeps_its_docs(model_store, tmp_path):
     from fastapi.testclient import TestClient
 
-    app = create_app(ServerSettings(model_dir=model_store, base_model="tiny-llama"))
+    app = create_app(settings_for(model_store))
     http = TestClient(app, base_url="http://localhost")  # no `with`: nothing loads
     assert http.get("/openapi.json").status_code == 200
     assert http.get("/docs").status_code == 200
@@ -158,11 +150,7 @@ def test_a_failed_load_reveals_no_paths(model_store, tmp_path):
     broken = tmp_path / "secret-folder" / "broken"
     shutil.copytree(model_store / "tiny-llama", broken)
     (broken / "model.safetensors").write_bytes(b"not safetensors")
-    app = create_app(
-        ServerSettings(
-            model_dir=tmp_path / "empty", base_model=str(broken), data_dir=tmp_path / "data"
-        )
-    )
+    app = create_app(settings_for(tmp_path / "empty", tmp_path / "data", base_model=str(broken)))
     from fastapi.testclient import TestClient
 
     with TestClient(app, base_url="http://localhost") as http:
@@ -219,7 +207,7 @@ def test_error_bodies_never_name_server_folders(model_store, tmp_path):
     from tuneforge.server.errors import APIError
 
     data_dir = tmp_path / "state"
-    create_app(ServerSettings(model_dir=model_store, base_model="tiny-llama", data_dir=data_dir))
+    create_app(settings_for(model_store, data_dir))
     inner = f"cannot open {model_store.resolve()}/acme/x and {data_dir.absolute()}/jobs/y"
     message = APIError(400, f"loading model 'acme/x' failed: {inner}").body()["error"]["message"]
     assert str(model_store.resolve()) not in message and str(data_dir) not in message

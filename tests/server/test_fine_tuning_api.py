@@ -18,11 +18,16 @@ import pytest
 from openai import OpenAI
 from typer.testing import CliRunner
 
-from tests.server.conftest import RunningServer, start_server, stop_server, wait_for_file
+from tests.server.conftest import (
+    RunningServer,
+    keys_file,
+    settings_for,
+    start_server,
+    stop_server,
+    wait_for_file,
+)
 from tuneforge.cli import app as cli_app
-from tuneforge.server.settings import ServerSettings
 
-KEYS = {"sk-org-a": "org-a", "sk-org-b": "org-b"}
 QUESTIONS = ["How can I reset my password?", "What is my balance?", "I lost my card."]
 ANSWERS = [
     "Sure, I have sent a reset link to your email address.",
@@ -65,15 +70,11 @@ def client_for(running: RunningServer, key: str = "sk-org-a") -> OpenAI:
 def _start(
     model_store: Path, tmp_path: Path, worker: bool, database_url: str | None = None, **extra
 ) -> RunningServer:
-    keys = tmp_path / "keys.json"
-    keys.write_text(json.dumps(KEYS))
-    settings = ServerSettings(
-        model_dir=model_store,
-        base_model="tiny-llama",
-        data_dir=tmp_path / "data",
+    settings = settings_for(
+        model_store,
+        tmp_path / "data",
         database_url=database_url,
-        api_keys_file=keys,
-        torch_threads=1,
+        api_keys_file=keys_file(tmp_path),
         worker=worker,
         worker_lease_s=3,
         **extra,
@@ -131,7 +132,9 @@ def test_fine_tune_end_to_end_then_continue_from_the_fine_tune(api):
     assert client.files.content(uploaded.id).content == chat_jsonl(16)
 
     valid = client.files.create(file=("valid.jsonl", chat_jsonl(10, seed=9)), purpose="fine-tune")
-    assert wait_for_file(client, valid.id).status == "processed"  # else the job waits in validating_files
+    assert (
+        wait_for_file(client, valid.id).status == "processed"
+    )  # else the job waits in validating_files
     job = client.fine_tuning.jobs.create(
         model="tiny-llama",
         training_file=uploaded.id,

@@ -3,7 +3,6 @@ loading, organizations from a keys file, fine-tunes registered by another compon
 
 from __future__ import annotations
 
-import json
 import shutil
 import threading
 import time
@@ -14,10 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from openai import OpenAI
 
-from tests.server.conftest import start_server, stop_server
+from tests.server.conftest import keys_file, settings_for, start_server, stop_server
 from tuneforge.inference.registry import ModelEntry
 from tuneforge.server.app import create_app
-from tuneforge.server.settings import ServerSettings
 
 CHAT = [{"role": "user", "content": "Hello!"}]
 
@@ -25,14 +23,8 @@ CHAT = [{"role": "user", "content": "Hello!"}]
 @pytest.fixture(scope="module")
 def small_server(model_store, tmp_path_factory):
     """One batch slot and one queue place; no API keys (every caller is org "default")."""
-    settings = ServerSettings(
-        model_dir=model_store,
-        base_model="tiny-llama",
-        data_dir=tmp_path_factory.mktemp("data"),
-        max_batch_size=1,
-        max_queue=1,
-        retry_after_s=3,
-        torch_threads=1,
+    settings = settings_for(
+        model_store, tmp_path_factory.mktemp("data"), max_batch_size=1, max_queue=1, retry_after_s=3
     )
     running = start_server(settings)
     yield running
@@ -125,7 +117,7 @@ def test_disconnect_frees_the_slot(small_server):
 
 
 def test_503_while_loading(model_store, tmp_path):
-    app = create_app(ServerSettings(model_dir=model_store, base_model="tiny-llama"))
+    app = create_app(settings_for(model_store))
     http = TestClient(
         app, base_url="http://localhost"
     )  # no `with`: lifespan (and so loading) never runs
@@ -138,11 +130,8 @@ def test_503_while_loading(model_store, tmp_path):
 
 def test_keys_file_organizations_and_registered_fine_tunes(model_store, tmp_path):
     """The seam for the job store: `registry.add_source`, scoped by organization."""
-    keys = tmp_path / "keys.json"
-    keys.write_text(json.dumps({"sk-a": "org-a", "sk-b": "org-b"}))
-    app = create_app(
-        ServerSettings(model_dir=model_store, base_model="tiny-llama", api_keys_file=keys)
-    )
+    keys = keys_file(tmp_path, {"sk-a": "org-a", "sk-b": "org-b"})
+    app = create_app(settings_for(model_store, api_keys_file=keys))
     jobs_root = tmp_path / "jobs"
     jobs_root.mkdir()
     shutil.copytree(model_store / "acme" / "support:v1", jobs_root / "job-1")

@@ -4,54 +4,25 @@ calls `list_models`, runs at most three queries, and stays fast."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 
 from sqlalchemy import event
 
+from benchmarks.registry_lookup import seed_fine_tunes
 from tuneforge.inference.registry import ModelRegistry
 from tuneforge.jobs import JobStore
-from tuneforge.jobs.db import Model
-from tuneforge.jobs.spec import JobCreate
 from tuneforge.server.jobs import JobsState
 
 N_MODELS = 3000
 
 
-def _store_with_fine_tunes(data_dir, tmp_path, n: int) -> tuple[JobStore, str]:
-    """`n` fine-tune rows over 10 organizations (one real job; rows as the worker writes)."""
-    store = JobStore.open(data_dir)
-    train = tmp_path / "train.jsonl"
-    rows = [
-        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}]}
-        for i in range(12)
-    ]
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    f = store.add_file("org-0", "train.jsonl", "fine-tune", train)
-    job = store.create_job("org-0", JobCreate(model="tiny-llama", training_file=f.id))
-    with store.session() as s:
-        for k in range(10):
-            store._ensure_org(s, f"org-{k}")
-        s.add_all(
-            Model(
-                id=f"ft:tiny-llama:org-{i % 10}::m{i:05d}",
-                org_id=f"org-{i % 10}",
-                job_id=job.id,
-                created_at=i,
-                base_model="tiny-llama",
-                path=str(store.job_dir(f"m{i:05d}") / "output"),
-            )
-            for i in range(n)
-        )
-    return store, job.id
-
-
 def test_resolve_is_one_lookup_not_a_listing(model_store, tmp_path, monkeypatch):
     data_dir = tmp_path / "data"
-    store, _ = _store_with_fine_tunes(data_dir, tmp_path, N_MODELS)
-    target = f"ft:tiny-llama:org-7::m{N_MODELS - 3:05d}"
-    shutil.copytree(model_store / "acme" / "support:v1", store.job_dir(target[-6:]) / "output")
+    store = JobStore.open(data_dir)
+    target, folder = seed_fine_tunes(store, tmp_path, N_MODELS, base="tiny-llama")[N_MODELS - 3]
+    assert target == f"ft:tiny-llama:org-7::m{N_MODELS - 3:06d}"
+    shutil.copytree(model_store / "acme" / "support:v1", folder)
     state = JobsState(data_dir)
     state._store = store
     registry = ModelRegistry(model_store)

@@ -13,12 +13,17 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.server.conftest import RunningServer, start_server, stop_server
+from tests.server.conftest import (
+    KEYS,
+    RunningServer,
+    keys_file,
+    settings_for,
+    start_server,
+    stop_server,
+)
 from tuneforge.jobs import JobStore
 from tuneforge.jobs.spec import JobCreate
-from tuneforge.server.settings import ServerSettings
 
-KEYS = {"sk-org-a": "org-a", "sk-org-b": "org-b"}
 ADMIN = "sk-admin"
 CHAT = [{"role": "user", "content": "Hello!"}]
 
@@ -36,16 +41,7 @@ def models(model_store, tmp_path) -> Path:
 
 
 def _start(models: Path, tmp_path: Path, **extra) -> RunningServer:
-    keys = tmp_path / "keys.json"
-    keys.write_text(json.dumps(KEYS))
-    settings = ServerSettings(
-        model_dir=models,
-        base_model="tiny-llama",
-        data_dir=tmp_path / "data",
-        api_keys_file=keys,
-        torch_threads=1,
-        **extra,
-    )
+    settings = settings_for(models, tmp_path / "data", api_keys_file=keys_file(tmp_path), **extra)
     return start_server(settings)
 
 

@@ -13,9 +13,8 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import CORPUS
-from tests.server.conftest import API_KEY, start_server, stop_server
+from tests.server.conftest import API_KEY, settings_for, start_server, stop_server
 from tuneforge.modeling.tiny import build_model, save_model_folder
-from tuneforge.server.settings import ServerSettings
 
 CHAT = [{"role": "user", "content": "Hello! How can I help you?"}]
 HEADERS = {"Authorization": f"Bearer {API_KEY}"}
@@ -33,13 +32,11 @@ def _greedy(client, **kw):
 @pytest.fixture(scope="module")
 def roomy_server(model_store, tmp_path_factory):
     """Bodies up to 3 MiB, so a 2 MiB prompt reaches the handler."""
-    settings = ServerSettings(
-        model_dir=model_store,
-        base_model="tiny-llama",
-        data_dir=tmp_path_factory.mktemp("data"),
+    settings = settings_for(
+        model_store,
+        tmp_path_factory.mktemp("data"),
         api_keys=[API_KEY],
         max_body_bytes=3 * 1024 * 1024,
-        torch_threads=1,
     )
     running = start_server(settings)
     yield running
@@ -98,13 +95,12 @@ def long_context_server(tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp("long") / "models"
     model = build_model(tiny_tokenizer, arch="llama", max_positions=1 << 20)
     save_model_folder(model, tiny_tokenizer, root / "long-llama")
-    settings = ServerSettings(
-        model_dir=root,
+    settings = settings_for(
+        root,
+        tmp_path_factory.mktemp("data"),
         base_model="long-llama",
-        data_dir=tmp_path_factory.mktemp("data"),
         max_body_bytes=3 * 1024 * 1024,
         max_prompt_tokens=200_000,
-        torch_threads=1,
     )
     running = start_server(settings)
     yield running
@@ -149,15 +145,7 @@ def test_long_prompts_being_tokenized_hold_nobody_up(long_context_server):
 def test_prompt_char_limit_setting(model_store, tmp_path):
     """`max_prompt_chars` tightens the bound: a prompt that fits the tokens but not the
     characters is refused with the same error."""
-    running = start_server(
-        ServerSettings(
-            model_dir=model_store,
-            base_model="tiny-llama",
-            data_dir=tmp_path / "data",
-            max_prompt_chars=40,
-            torch_threads=1,
-        )
-    )
+    running = start_server(settings_for(model_store, tmp_path / "data", max_prompt_chars=40))
     try:
         client = OpenAI(base_url=running.v1, api_key="unused", max_retries=0, timeout=60)
         client.completions.create(model="tiny-llama", prompt="x" * 40, max_tokens=1)

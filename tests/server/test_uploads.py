@@ -18,8 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 from openai import OpenAI
 
-from tests.server.conftest import RunningServer, start_server, stop_server, wait_for_file
-from tuneforge.server.settings import ServerSettings
+from tests.server.conftest import (
+    RunningServer,
+    settings_for,
+    start_server,
+    stop_server,
+    wait_for_file,
+)
 
 KEY = "sk-uploads"
 MiB = 1024 * 1024
@@ -28,14 +33,12 @@ MiB = 1024 * 1024
 @pytest.fixture(scope="module")
 def uploads(model_store, tmp_path_factory) -> Iterator[RunningServer]:
     """A server whose request body cap (64 KiB) is far below its upload cap (256 MiB)."""
-    settings = ServerSettings(
-        model_dir=model_store,
-        base_model="tiny-llama",
-        data_dir=tmp_path_factory.mktemp("uploads-data"),
+    settings = settings_for(
+        model_store,
+        tmp_path_factory.mktemp("uploads-data"),
         api_keys=[KEY],
         max_body_bytes=64 * 1024,
         max_upload_bytes=256 * MiB,
-        torch_threads=1,
     )
     running = start_server(settings)
     yield running

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,13 +228,11 @@ def _migration_lock(engine: Engine, lock_file: Path | None) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(74061)"))
                 conn.commit()
         return
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory file locks; start one process at a time
-        fcntl = None
-    if lock_file is None or fcntl is None:
-        yield
+    if lock_file is None or sys.platform == "win32":  # Windows: no advisory file locks;
+        yield  # start one process at a time
         return
+    import fcntl
+
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

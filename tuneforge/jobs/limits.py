@@ -21,16 +21,18 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneforge.jobs.errors import StoreError
 
-try:  # the stdlib's regex parser: the same parse `re.compile` uses
+# The stdlib's regex parser: the same parse `re.compile` uses.
+if sys.version_info >= (3, 11):
     from re import _parser as _sre  # type: ignore[attr-defined]
-except ImportError:  # Python 3.10
-    import sre_parse as _sre  # type: ignore[no-redef]
+else:
+    import sre_parse as _sre
 
 # TrainConfig keys a client may set in `method.supervised.tuneforge` (dotted). Everything
 # else is the server's: the model and data locations, the output folder, resuming, and

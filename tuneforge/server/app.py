@@ -135,13 +135,15 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
                 await asyncio.to_thread(hook, app)
             await asyncio.to_thread(engine.shutdown)
 
-    docs = {} if not keys.enabled else {"openapi_url": None, "docs_url": None, "redoc_url": None}
+    hidden = keys.enabled  # the schema and docs pages are served to key holders only (below)
     app = FastAPI(
         title="TuneForge",
         version=_version(),
         description="OpenAI-compatible inference and fine-tuning for your own models.",
         lifespan=lifespan,
-        **docs,
+        openapi_url=None if hidden else "/openapi.json",
+        docs_url=None if hidden else "/docs",
+        redoc_url=None if hidden else "/redoc",
     )
     app.openapi = _openapi_with_400(app)  # type: ignore[method-assign]
     if keys.enabled:
