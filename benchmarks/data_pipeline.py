@@ -170,7 +170,8 @@ def peer_near_dedupe(examples: list[dict], threshold: float) -> tuple[int, float
 
 def ours_near_dedupe(examples: list[dict], threshold: float) -> tuple[int, float]:
     """The same job with TuneForge's `NearDuplicateIndex`; (duplicates, seconds)."""
-    from tuneforge.data.clean import NearDuplicateIndex, shingle_text, text_slots
+    from tuneforge.data.content import text_slots
+    from tuneforge.data.dedupe import NearDuplicateIndex, shingle_text
 
     started = time.perf_counter()
     index = NearDuplicateIndex(threshold)

@@ -1,3 +1,5 @@
+# Longer than ~500 lines: one reader per file kind (JSONL, JSON document, text, CSV, Parquet,
+# streamed), all built on the same line decoding and reading problems.
 """Reading datasets: JSONL, JSON arrays, plain text, CSV / TSV and Parquet, into numbered records.
 
 Every record keeps the number of the line (or row, or text block) it came from, its raw text
