@@ -8,7 +8,6 @@ case and spacing. `ExactDuplicates` finds them among any number of examples in b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import xxhash
 from datasketch import MinHash
 
 from tuneforge.data.content import Slot, message_lists, text_slots
@@ -33,25 +33,63 @@ _WORD = re.compile(r"\w+")
 def content_key(obj: dict, slots: list[Slot] | None = None) -> bytes:
     """A 16-byte hash of what an example teaches: its roles, texts, tool calls and tools.
 
-    Case and spacing are ignored, and so are fields that do not reach the model (ids,
-    metadata), so two examples with the same key are duplicates for training.
+    Case and spacing are ignored (each text lower-cased, its runs of whitespace made one space,
+    its ends stripped), and so are fields that do not reach the model (ids, metadata), so two
+    examples with the same key are duplicates for training. `slots`: `text_slots(obj)`, when
+    the caller has them already.
     """
-    if slots is None:
-        slots = text_slots(obj)
-    parts = [f"{role}\x01{container[key]}" for container, key, role in slots]
+    parts = _plain_chat_parts(obj)
+    if parts is None:
+        parts = _parts(obj, text_slots(obj) if slots is None else slots)
+    text = (
+        "\x00".join(parts)
+        if parts
+        else _spaced(json.dumps(obj, sort_keys=True, ensure_ascii=False))
+    )
+    return xxhash.xxh3_128_digest(text.lower().encode("utf-8", "surrogatepass"))
+
+
+def _spaced(text: str) -> str:
+    """`text` with runs of whitespace made one space and its ends stripped."""
+    # A printable text (no whitespace but " ") without double or edge spaces is already so:
+    # two quick C scans instead of splitting every word.
+    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text
+    return " ".join(text.split())
+
+
+def _plain_chat_parts(obj: dict) -> list[str] | None:
+    """`_parts` of a chat example of plain `{"role", "content"}` messages (most are), found
+    without walking its slots; None for any other example."""
+    messages = obj.get("messages")
+    if len(obj) != 1 or type(messages) is not list:
+        return None
+    parts = []
+    for m in messages:
+        if type(m) is not dict or len(m) != 2:
+            return None
+        role = m.get("role")
+        content = m.get("content")
+        if type(role) is not str or type(content) is not str:
+            return None
+        parts.append(f"{role}\x01{_spaced(content)}")
+    return parts
+
+
+def _parts(obj: dict, slots: list[Slot]) -> list[str]:
+    parts = [f"{role}\x01{_spaced(container[key])}" for container, key, role in slots]
     for messages in message_lists(obj):
         for m in messages:
             if type(m) is dict and m.get("tool_calls"):
-                parts.append("calls\x01" + _tool_calls_text(m["tool_calls"]))
+                parts.append("calls\x01" + _spaced(_tool_calls_text(m["tool_calls"])))
     for tools in (
         obj.get("tools"),
         (obj.get("input") or {}).get("tools") if type(obj.get("input")) is dict else None,
     ):
         if tools:
-            parts.append("tools\x01" + json.dumps(tools, sort_keys=True, ensure_ascii=False))
-    text = "\x00".join(parts) if parts else json.dumps(obj, sort_keys=True, ensure_ascii=False)
-    text = " ".join(text.lower().split())
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            text = json.dumps(tools, sort_keys=True, ensure_ascii=False)
+            parts.append("tools\x01" + _spaced(text))
+    return parts
 
 
 def _tool_calls_text(calls: Any) -> str:
