@@ -100,6 +100,11 @@ def _weight_as_int(weight: Any) -> int | None:
 
 def fix_example(obj: dict) -> tuple[list[Slot], set[str]]:
     """Apply the safe fixes to `obj` in place; returns its content slots and the fixes applied."""
+    messages = obj.get("messages")
+    if len(obj) == 1 and type(messages) is list:
+        plain = _fix_plain_chat(messages)
+        if plain is not None:
+            return plain
     fixes: set[str] = set()
     for messages in message_lists(obj):
         for m in messages:
@@ -127,6 +132,26 @@ def fix_example(obj: dict) -> tuple[list[Slot], set[str]]:
         if applied:
             container[key] = new
             fixes |= applied
+    return slots, fixes
+
+
+def _fix_plain_chat(messages: list) -> tuple[list[Slot], set[str]] | None:
+    """`fix_example` of a chat of plain `{"role", "content"}` messages with known roles (most
+    chats), where only the texts can need a fix; None for any other."""
+    for m in messages:
+        if type(m) is not dict or len(m) != 2:
+            return None
+        role = m.get("role")
+        if type(role) is not str or role not in ROLES or type(m.get("content")) is not str:
+            return None
+    slots: list[Slot] = []
+    fixes: set[str] = set()
+    for m in messages:
+        new, applied = normalize_text(m["content"])
+        if applied:
+            m["content"] = new
+            fixes |= applied
+        slots.append((m, "content", m["role"]))
     return slots, fixes
 
 
