@@ -75,7 +75,8 @@ def data_check(
     from rich.markup import escape
 
     from tuneforge.data.io import DatasetError, read_dataset
-    from tuneforge.data.validate import print_report, validate
+    from tuneforge.data.printing import print_report
+    from tuneforge.data.validate import validate
 
     def fail(message: str) -> NoReturn:
         if as_json:
@@ -90,15 +91,18 @@ def data_check(
         )
     except DatasetError as e:
         fail(str(e))
-    tokenizer = None
+    measure = None
     if model is not None:
         from tuneforge.tokenize.inspect import load_tokenizer
+        from tuneforge.tokenize.measure import context_limit, token_measure
 
         try:
             tokenizer = load_tokenizer(model)
         except Exception as e:  # transformers raises OSError, ValueError, ... for a bad model
             fail(f"cannot load a tokenizer from {model!r}: {e}")
-    report = validate(loaded, tokenizer=tokenizer, max_tokens=max_tokens)
+        measure = token_measure(tokenizer)
+        max_tokens = max_tokens or context_limit(tokenizer)
+    report = validate(loaded, measure=measure, max_tokens=max_tokens)
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(limit or None)) + "\n")
     else:
@@ -232,8 +236,10 @@ def data_clean(
     import json
     import sys
 
-    from tuneforge.data.clean import Blocklist, CleanOptions, clean, print_clean_report
+    from tuneforge.data.blocklist import Blocklist
+    from tuneforge.data.clean import CleanOptions, clean, print_clean_report
     from tuneforge.data.io import DatasetError
+    from tuneforge.tokenize.measure import token_measure
 
     if too_long not in ("drop", "truncate"):
         raise _data_fail("--too-long must be 'drop' or 'truncate'", as_json)
@@ -254,7 +260,7 @@ def data_clean(
             redact_pii=redact_pii,
             max_tokens=max_tokens,
             too_long=too_long,  # type: ignore[arg-type]
-            tokenizer=tokenizer,
+            measure=None if tokenizer is None else token_measure(tokenizer),
         )
         report = clean(file, out, options, rejects=rejects)
     except (DatasetError, ValueError) as e:
@@ -362,11 +368,20 @@ def data_stats(
 
     from tuneforge.data.io import DatasetError
     from tuneforge.data.stats import dataset_stats, print_stats_report
+    from tuneforge.tokenize.encode import TRAIN_ON
+    from tuneforge.tokenize.measure import context_limit, token_counter
 
+    if train_on not in TRAIN_ON:
+        raise _data_fail(
+            f"unknown train_on {train_on!r}; choose one of {', '.join(TRAIN_ON)}", as_json
+        )
     tokenizer = _load_tokenizer_or_exit(model, as_json)
     try:
+        count = None if tokenizer is None else token_counter(tokenizer, train_on)
+        if tokenizer is not None:
+            max_tokens = max_tokens or context_limit(tokenizer)
         report = dataset_stats(
-            file, tokenizer=tokenizer, max_tokens=max_tokens, train_on=train_on, format=format
+            file, count=count, max_tokens=max_tokens, train_on=train_on, format=format
         )
     except (DatasetError, ValueError) as e:
         raise _data_fail(str(e), as_json) from e

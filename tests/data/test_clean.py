@@ -11,16 +11,12 @@ from typer.testing import CliRunner
 
 from tuneforge.cli import app
 from tuneforge.data import clean as clean_module
-from tuneforge.data.clean import (
-    Blocklist,
-    CleanOptions,
-    NearDuplicateIndex,
-    clean,
-    lsh_params,
-    normalize_text,
-    rejects_path,
-)
+from tuneforge.data.blocklist import Blocklist
+from tuneforge.data.clean import CleanOptions, clean, rejects_path
+from tuneforge.data.dedupe import NearDuplicateIndex, lsh_params
+from tuneforge.data.fixes import normalize_text
 from tuneforge.data.pii import luhn_ok, redact_pii
+from tuneforge.tokenize.measure import token_measure
 
 
 def chat(user: str, reply: str, **extra) -> dict:
@@ -262,7 +258,7 @@ def test_too_long_with_a_real_tokenizer(tmp_path, tiny_tokenizer):
         chat("hello", "The quick brown fox. " * 20),
     ]
     limit = len(encode(rows[0], tokenizer)) + 5
-    report, kept, rejected = run(tmp_path, rows, max_tokens=limit, tokenizer=tokenizer)
+    report, kept, rejected = run(tmp_path, rows, max_tokens=limit, measure=token_measure(tokenizer))
     assert kept == [rows[0]] and rejected[0]["line"] == 2 and report.token_count == "tokenizer"
 
 

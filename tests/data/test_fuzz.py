@@ -9,8 +9,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tuneforge.data.checks import is_valid_example, validate_example
 from tuneforge.data.io import BOM, Format, read_dataset
-from tuneforge.data.validate import is_valid_example, validate, validate_example
+from tuneforge.data.validate import validate
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

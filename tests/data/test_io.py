@@ -395,12 +395,12 @@ def test_dictionary_encoded_parquet_bomb_stops_at_the_decoded_size(tmp_path):
 
 def test_streamed_duplicates_spilled_to_disk_match_data_check(tmp_path, monkeypatch):
     """Past DUPLICATES_IN_MEMORY examples the hashes go to bucket files: same findings."""
-    import tuneforge.data.validate as validate_module
+    import tuneforge.data.dedupe as dedupe_module
 
     rows = [{"prompt": f"p{i % 37} ->", "completion": f" c{i % 37}"} for i in range(400)]
     path = write(tmp_path, "d.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
     whole = validate(read_dataset(path)).to_dict()
-    monkeypatch.setattr(validate_module, "DUPLICATES_IN_MEMORY", 50)
+    monkeypatch.setattr(dedupe_module, "DUPLICATES_IN_MEMORY", 50)
     spilled = validate_streamed(stream_dataset(path), keep=1000).to_dict()
     assert spilled == whole and whole["stats"]["duplicates"] == 400 - 37
     assert not list(Path(tempfile.gettempdir()).glob("tuneforge-duplicates-*"))

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from tuneforge.cli import app
 from tuneforge.data.stats import Summary, auto_epochs, dataset_stats, percentile
 from tuneforge.tokenize.encode import encode
+from tuneforge.tokenize.measure import context_limit, token_counter
 from tuneforge.tokenize.templates import ensure_chat_template
 from tuneforge.training.config import auto_epochs as training_auto_epochs
 
@@ -95,7 +96,7 @@ def test_counts_without_a_model(data_file):
 
 
 def test_token_counts_with_the_tokenizer(data_file, chat_tokenizer):
-    report = dataset_stats(data_file, tokenizer=chat_tokenizer, max_tokens=30)
+    report = dataset_stats(data_file, count=token_counter(chat_tokenizer), max_tokens=30)
     encoded = [encode(r, chat_tokenizer) for r in ROWS]
     lengths = sorted(len(e) for e in encoded)
     assert (report.tokens.min, report.tokens.median, report.tokens.max) == tuple(lengths)
@@ -104,7 +105,12 @@ def test_token_counts_with_the_tokenizer(data_file, chat_tokenizer):
     assert report.trained_tokens + report.masked_tokens == sum(lengths)
     assert report.over_limit == sum(1 for n in lengths if n > 30) and report.limit == 30
     assert report.training_tokens == sum(lengths) * 25
-    everything = dataset_stats(data_file, tokenizer=chat_tokenizer, train_on="all")
+    everything = dataset_stats(
+        data_file,
+        count=token_counter(chat_tokenizer, "all"),
+        train_on="all",
+        max_tokens=context_limit(chat_tokenizer),
+    )
     assert everything.masked_tokens == 0 and everything.limit == chat_tokenizer.model_max_length
 
 

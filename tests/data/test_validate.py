@@ -8,8 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneforge.cli import app
+from tuneforge.data.checks import is_valid_example, validate_example
 from tuneforge.data.io import Format, read_dataset
-from tuneforge.data.validate import FIXES, is_valid_example, validate, validate_example
+from tuneforge.data.problems import FIXES
+from tuneforge.data.validate import validate
+from tuneforge.tokenize.measure import context_limit, token_measure
 
 U = {"role": "user", "content": "What is my balance?"}
 A = {"role": "assistant", "content": "It is 120 dollars."}
@@ -270,12 +273,18 @@ def test_exact_token_lengths_with_a_tokenizer(tmp_path, tiny_tokenizer):
 
     tokenizer = copy.deepcopy(tiny_tokenizer)  # a chat template gets added: keep the fixture as is
     rows = [*many(10), chat(U, {"role": "assistant", "content": "The quick brown fox. " * 50})]
-    report = validate(read_dataset(write_jsonl(tmp_path, rows)), tokenizer=tokenizer, max_tokens=64)
+    report = validate(
+        read_dataset(write_jsonl(tmp_path, rows)), measure=token_measure(tokenizer), max_tokens=64
+    )
     assert report.tokens.exact and report.tokens.count == 11
     assert [p.line for p in report.problems if p.code == "too_long"] == [11]
     assert report.tokens.min < 64 < report.tokens.max
     plain = [{"text": "Hello world"}] * 3
-    report = validate(read_dataset(write_jsonl(tmp_path, plain)), tokenizer=tokenizer)
+    report = validate(
+        read_dataset(write_jsonl(tmp_path, plain)),
+        measure=token_measure(tokenizer),
+        max_tokens=context_limit(tokenizer),
+    )
     assert report.tokens.limit == tokenizer.model_max_length and report.tokens.over_limit == 0
 
 

@@ -23,14 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.clean import (
-    NearDuplicateIndex,
-    content_key,
-    paused_gc,
-    shingle_text,
-    text_slots,
-)
-from tuneforge.data.io import Format, parse_format, read_dataset
+from tuneforge.data.content import text_slots
+from tuneforge.data.dedupe import NearDuplicateIndex, content_key, shingle_text
+from tuneforge.data.io import Format, parse_format, paused_gc, read_dataset
 from tuneforge.fsutil import atomic_write
 
 MISSING = "(missing)"

@@ -1,16 +1,17 @@
 """Dataset statistics: sizes per example, tokens against the context, and what training costs.
 
-With a tokenizer, every valid example is encoded exactly as training encodes it
-(`tuneforge.tokenize.encode`: the model's chat template, the label mask of `train_on`), so the
-token counts, the trained / masked split and the examples over the context limit are the ones
-training will see. Without a tokenizer only message, turn and character counts are given: token
-counts need the model's tokenizer.
+With a token counter (`tuneforge.tokenize.measure.token_counter`, passed in by the caller: this
+layer imports no tokenizer), every valid example is encoded exactly as training encodes it (the
+model's chat template, the label mask of `train_on`), so the token counts, the trained / masked
+split and the examples over the context limit are the ones training will see. Without one only
+message, turn and character counts are given. A preference example is measured by its longer
+conversation (`tuneforge.data.lengths.measured`), as `data check` and `data clean` measure it.
 
 The epoch count is the one OpenAI's "auto" setting picks (`auto_epochs`), and the estimated
 training tokens are the dataset's tokens times those epochs (what OpenAI bills).
 
 Example:
-    >>> report = dataset_stats("train.jsonl", tokenizer=load_tokenizer("Qwen/Qwen2.5-0.5B"))
+    >>> report = dataset_stats("train.jsonl", count=token_counter(load_tokenizer("Qwen/Qwen2.5-0.5B")))
     >>> report.tokens.median, report.epochs, report.training_tokens
     (212, 3, 190800)
 """
@@ -24,36 +25,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneforge.data.clean import paused_gc
-from tuneforge.data.io import Format, parse_format, read_dataset
-from tuneforge.data.validate import validate_example
-
-# OpenAI's "auto" epochs: 3, unless the dataset is so small or so large that the number of
-# examples seen should be pulled into [MIN_EXAMPLES_SEEN, MAX_EXAMPLES_SEEN].
-DEFAULT_EPOCHS = 3
-MIN_EXAMPLES_SEEN = 100
-MAX_EXAMPLES_SEEN = 25_000
-MAX_EPOCHS = 25
-# A tokenizer's `model_max_length` above this is the "no limit" sentinel, not a context size.
-_NO_LIMIT = 10_000_000
-
-
-def auto_epochs(n_examples: int) -> int:
-    """The epoch count OpenAI's "auto" picks for `n_examples` examples.
-
-    3 by default; for tiny datasets more, so that n_examples * epochs >= 100 (at most 25); for
-    huge ones fewer, so that n_examples * epochs <= 25,000 (at least 1).
-
-    Example:
-        >>> auto_epochs(10), auto_epochs(1000), auto_epochs(20000)
-        (10, 3, 1)
-    """
-    n = max(1, n_examples)
-    if n * DEFAULT_EPOCHS < MIN_EXAMPLES_SEEN:
-        return min(MAX_EPOCHS, math.ceil(MIN_EXAMPLES_SEEN / n))
-    if n * DEFAULT_EPOCHS > MAX_EXAMPLES_SEEN:
-        return max(1, MAX_EXAMPLES_SEEN // n)
-    return DEFAULT_EPOCHS
+from tuneforge.auto import auto_epochs
+from tuneforge.data.checks import validate_example
+from tuneforge.data.io import Format, parse_format, paused_gc, read_dataset
+from tuneforge.data.lengths import TokenCount, characters, measured
 
 
 def percentile(ordered: Sequence[float], p: float) -> float:
@@ -161,65 +136,28 @@ class StatsReport:
         }
 
 
-def _messages_of(example: dict, fmt: Format) -> list[dict]:
-    """The conversation an example trains on (a preference example: input + preferred output)."""
-    if fmt is Format.CHAT:
-        return example["messages"]
-    if fmt is Format.PREFERENCE:
-        preferred = example.get("preferred_output", example.get("preferred_completion"))
-        if isinstance(preferred, str):
-            preferred = [{"role": "assistant", "content": preferred}]
-        return [*example["input"]["messages"], *preferred]
-    return []
-
-
-def _text_length(example: dict, messages: list[dict], fmt: Format) -> int:
-    if messages:
-        total = 0
-        for m in messages:
-            content = m.get("content")
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, list):
-                total += sum(len(p.get("text", "")) for p in content if isinstance(p, dict))
-        return total
-    if fmt is Format.PROMPT_COMPLETION:
-        return len(example["prompt"]) + len(example["completion"])
-    return len(example.get("text", ""))
-
-
-def _encodable(example: dict, messages: list[dict], fmt: Format) -> tuple[dict, str]:
-    """(example, format) as `encode` takes it; a preference example becomes its chat."""
-    if fmt is Format.PREFERENCE:
-        chat: dict[str, Any] = {"messages": messages}
-        tools = example["input"].get("tools")
-        if tools:
-            chat["tools"] = tools
-        return chat, "chat"
-    return example, fmt.value
+def _conversation(example: dict, fmt: Format) -> tuple[dict, Format]:
+    """The example as it is measured: a preference example by its longer conversation."""
+    return measured(example, fmt, lambda e, f: (characters(e, f), e, f), key=lambda t: t[0])[1:]
 
 
 def dataset_stats(
     path: str | Path,
     *,
-    tokenizer: Any = None,
+    count: TokenCount | None = None,
     max_tokens: int | None = None,
     train_on: str = "assistant",
     format: Format | str | None = None,
 ) -> StatsReport:
-    """Statistics of the valid examples in `path`; token counts when `tokenizer` is given.
+    """Statistics of the valid examples in `path`; token counts when `count` is given.
 
     Args:
-        tokenizer: a Hugging Face tokenizer with a chat template (see
-            `tuneforge.tokenize.inspect.load_tokenizer`), or None for counts without tokens.
-        max_tokens: the context limit to count over-long examples against; defaults to the
-            tokenizer's `model_max_length` when that is a real limit.
-        train_on: which tokens are trained, as in training: assistant, last_assistant or all.
+        count: (tokens, trained tokens) of one example as training encodes it (see
+            `tuneforge.tokenize.measure.token_counter`), or None for counts without tokens.
+        max_tokens: the context limit to count over-long examples against (None: no limit;
+            `tuneforge.tokenize.measure.context_limit` gives the model's).
+        train_on: which tokens `count` trains (assistant, last_assistant or all), as reported.
     """
-    from tuneforge.tokenize.encode import TRAIN_ON
-
-    if train_on not in TRAIN_ON:
-        raise ValueError(f"unknown train_on {train_on!r}; choose one of {', '.join(TRAIN_ON)}")
     with paused_gc():
         fmt = parse_format(format) if format is not None else None
         loaded = read_dataset(path, fmt)
@@ -232,14 +170,14 @@ def dataset_stats(
     n_messages: list[int] = []
     n_assistant: list[int] = []
     chars: list[int] = []
-    conversations: list[list[dict]] = []
     for example in examples:
-        messages = _messages_of(example, fmt) if fmt is not None else []
-        conversations.append(messages)
-        if fmt in (Format.CHAT, Format.PREFERENCE):
+        assert fmt is not None
+        measured_as, measured_fmt = _conversation(example, fmt)
+        if measured_fmt is Format.CHAT:
+            messages = measured_as["messages"]
             n_messages.append(len(messages))
             n_assistant.append(sum(1 for m in messages if m.get("role") == "assistant"))
-        chars.append(_text_length(example, messages, fmt) if fmt is not None else 0)
+        chars.append(characters(measured_as, measured_fmt))
     report = StatsReport(
         path=str(path),
         format=None if fmt is None else fmt.value,
@@ -250,29 +188,20 @@ def dataset_stats(
         characters=Summary.of(chars),
         epochs=auto_epochs(len(examples)),
     )
-    if tokenizer is None or fmt is None:
+    if count is None or fmt is None:
         return report
 
-    from tuneforge.tokenize.encode import encode
-    from tuneforge.tokenize.templates import ensure_chat_template
-
-    if fmt in (Format.CHAT, Format.PREFERENCE):
-        ensure_chat_template(tokenizer)
     lengths: list[int] = []
     trained = failed = 0
-    for example, messages in zip(examples, conversations, strict=True):
-        encodable, encode_format = _encodable(example, messages, fmt)
+    for example in examples:
         try:
-            enc = encode(encodable, tokenizer, train_on=train_on, format=encode_format)
+            n, n_trained = measured(example, fmt, count, key=lambda t: t[0])
         except ValueError:
             failed += 1
             continue
-        lengths.append(len(enc))
-        trained += enc.num_trained
+        lengths.append(n)
+        trained += n_trained
     limit = max_tokens
-    if limit is None:
-        model_max = getattr(tokenizer, "model_max_length", None)
-        limit = model_max if isinstance(model_max, int) and 0 < model_max < _NO_LIMIT else None
     report.tokens = Summary.of(lengths)
     report.trained_tokens = trained
     report.masked_tokens = sum(lengths) - trained

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tuneforge import __version__
-from tuneforge.data.clean import Blocklist
+from tuneforge.data.blocklist import Blocklist
 from tuneforge.evaluation.compare import build_stats, example_changes, primary_metric, summarize
 from tuneforge.evaluation.data import read_general, read_holdout, training_format
 from tuneforge.evaluation.generate import GenerationSettings, generate_replies, stop_token_ids

@@ -215,7 +215,8 @@ def plan_training(
     Raises `InvalidRequest` listing every problem at once: settings outside the allowlist,
     invalid values, caps exceeded.
     """
-    from tuneforge.training.config import ConfigError, auto_lr, load_config
+    from tuneforge.auto import auto_lr
+    from tuneforge.training.config import ConfigError, load_config
 
     limits = limits or JobLimits()
     check_method(req)
@@ -284,7 +285,7 @@ def plan_training(
 
 def resolved_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's hyperparameters from a run's effective config (config.yaml, autos resolved)."""
-    from tuneforge.training.config import auto_lr
+    from tuneforge.auto import auto_lr
 
     optim = config.get("optim", {})
     lr = optim.get("lr")

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from tuneforge.data.stats import auto_epochs  # one rule for `data stats` and `train`
+from tuneforge.auto import auto_batch_size, auto_epochs, auto_lr  # one rule for data, train, jobs
 from tuneforge.modeling.folder import is_model_folder
 
 Auto = Literal["auto"]
@@ -498,19 +497,6 @@ def _describe(err: ValidationError) -> list[str]:
         if msg not in by_loc[loc]:
             by_loc[loc].append(msg)
     return [f"{loc}: {msg}" for loc, msgs in by_loc.items() for msg in msgs]
-
-
-def auto_batch_size(n_examples: int) -> int:
-    """About 0.2% of the examples rounded to a power of two, at least min(8, n/4), at most 256."""
-    n = max(1, n_examples)
-    target = 2 ** round(math.log2(max(1.0, n * 0.002)))
-    return int(min(256, max(target, min(8, max(1, n // 4)))))
-
-
-def auto_lr(method: str) -> float:
-    """Peak learning rate per method: adapters and a lone head tolerate (and need) a larger
-    step than the whole network."""
-    return 2e-5 if method == "full" else 2e-4
 
 
 def resolve_auto(

@@ -1,0 +1,51 @@
+"""The "auto" rules: epochs, batch size and learning rate picked from the dataset and method.
+
+One dependency-free module (the lowest layer), so `data stats`, `train`, and the fine-tuning
+API's hyperparameters all pick the same numbers.
+
+Example:
+    >>> auto_epochs(1000), auto_batch_size(1000), auto_lr("lora")
+    (3, 8, 0.0002)
+"""
+
+from __future__ import annotations
+
+import math
+
+# OpenAI's "auto" epochs: 3, unless the dataset is so small or so large that the number of
+# examples seen should be pulled into [MIN_EXAMPLES_SEEN, MAX_EXAMPLES_SEEN].
+DEFAULT_EPOCHS = 3
+MIN_EXAMPLES_SEEN = 100
+MAX_EXAMPLES_SEEN = 25_000
+MAX_EPOCHS = 25
+
+
+def auto_epochs(n_examples: int) -> int:
+    """The epoch count OpenAI's "auto" picks for `n_examples` examples.
+
+    3 by default; for tiny datasets more, so that n_examples * epochs >= 100 (at most 25); for
+    huge ones fewer, so that n_examples * epochs <= 25,000 (at least 1).
+
+    Example:
+        >>> auto_epochs(10), auto_epochs(1000), auto_epochs(20000)
+        (10, 3, 1)
+    """
+    n = max(1, n_examples)
+    if n * DEFAULT_EPOCHS < MIN_EXAMPLES_SEEN:
+        return min(MAX_EPOCHS, math.ceil(MIN_EXAMPLES_SEEN / n))
+    if n * DEFAULT_EPOCHS > MAX_EXAMPLES_SEEN:
+        return max(1, MAX_EXAMPLES_SEEN // n)
+    return DEFAULT_EPOCHS
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """About 0.2% of the examples rounded to a power of two, at least min(8, n/4), at most 256."""
+    n = max(1, n_examples)
+    target = 2 ** round(math.log2(max(1.0, n * 0.002)))
+    return int(min(256, max(target, min(8, max(1, n // 4)))))
+
+
+def auto_lr(method: str) -> float:
+    """Peak learning rate per method: adapters and a lone head tolerate (and need) a larger
+    step than the whole network."""
+    return 2e-5 if method == "full" else 2e-4
