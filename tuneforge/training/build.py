@@ -5,8 +5,8 @@
 - `tokenize_data` / `mix_in_replay`: a data file as trainable examples, and a seeded sample of
   the parent's training data mixed in (continued fine-tuning against forgetting);
 - `resolve_config`: the config with its "auto" values set from the data;
-- `make_plan` / `data_order`: the batches of every epoch and the run's length, and what a
-  resumed run must find unchanged.
+- `make_plan` / `data_order` / `check_same_order`: the batches of every epoch and the run's
+  length, and what a resumed run must find unchanged.
 """
 
 from __future__ import annotations
@@ -144,3 +144,14 @@ def data_order(plan: BatchPlan, seed: int, total_steps: int) -> dict[str, Any]:
         "seed": seed,
         "total_steps": total_steps,
     }
+
+
+def check_same_order(path: Path, saved: dict[str, Any] | None, order: dict[str, Any]) -> None:
+    """Refuse to resume from the checkpoint at `path` if the batches' order changed."""
+    if saved != order:
+        old = saved or {}
+        diff = {k: (old.get(k), v) for k, v in order.items() if old.get(k) != v}
+        raise ValueError(
+            f"cannot resume from {path}: the run changed "
+            + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+        )

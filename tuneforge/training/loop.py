@@ -1,5 +1,7 @@
 """The fine-tuning recipe: setup -> train -> cleanup.
 
+(Just over 500 lines: one class kept whole, so that a run reads top to bottom in one file.)
+
 One class reads top to bottom. `setup` builds everything in dependency order (processes,
 model and tokenizer, data, resolved hyperparameters, model surgery for the method, optimizer
 and schedule, resume, the output folder). `train` is the loop; it has no branch on the method
@@ -38,6 +40,7 @@ from tuneforge.modeling.trainable import LoraSpec, apply_lora, build_plan
 from tuneforge.training import checkpoint as ckpt
 from tuneforge.training import output
 from tuneforge.training.build import (
+    check_same_order,
     data_order,
     load_start_model,
     make_plan,
@@ -206,13 +209,7 @@ class FinetuneRecipe:
     def _resume(self, path: Path) -> None:
         """Continue from the checkpoint at `path`: weights, optimizer, schedule, RNG, progress."""
         saved = ckpt.read_state(path)
-        if saved.data_order != self.state.data_order:
-            old, new = saved.data_order or {}, self.state.data_order
-            diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
-            raise ValueError(
-                f"cannot resume from {path}: the run changed "
-                + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
-            )
+        check_same_order(path, saved.data_order, self.state.data_order)
         # Reopen the blocks open at the checkpoint, group by group in the original order, so
         # the optimizer's groups line up with its saved state.
         if saved.unfrozen_blocks != self.state.unfrozen_blocks:
