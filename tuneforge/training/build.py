@@ -146,11 +146,13 @@ def data_order(plan: BatchPlan, seed: int, total_steps: int) -> dict[str, Any]:
     }
 
 
-def check_same_order(path: Path, saved: dict[str, Any] | None, order: dict[str, Any]) -> None:
+def check_same_order(
+    path: Path, saved: dict[str, Any] | None, order: dict[str, Any] | None
+) -> None:
     """Refuse to resume from the checkpoint at `path` if the batches' order changed."""
     if saved != order:
         old = saved or {}
-        diff = {k: (old.get(k), v) for k, v in order.items() if old.get(k) != v}
+        diff = {k: (old.get(k), v) for k, v in (order or {}).items() if old.get(k) != v}
         raise ValueError(
             f"cannot resume from {path}: the run changed "
             + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())

@@ -1,7 +1,6 @@
 """What a run finds in and leaves in its output folder, and what it tells the user at setup.
 
 - `TrainResult`: what a run produced;
-
 - `resume_target`: the checkpoint to resume from, or None for a fresh run (which refuses a
   used folder unless output.overwrite);
 - `load_best`: the best checkpoint's step and loss (and weights, to export them);
@@ -178,7 +177,7 @@ def write_manifest(
             "sha256": file_sha256(cfg.data.valid),
             "examples": len(valid_set.examples),
         }
-    manifest = {
+    manifest: dict[str, Any] = {
         "tuneforge_version": __version__,
         "base_model": parent.base_model if parent is not None else cfg.model.name_or_path,
         "parent_model": str(parent.path) if parent is not None else None,
