@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from train_data import make_config, run_recipe, write_chat_jsonl
 from transformers import AutoModelForCausalLM
 
-from tuneforge.training.loop import lr_lambda
 from tuneforge.training.metrics import read_metrics
+from tuneforge.training.optim import lr_lambda
 
 
 @torch.no_grad()

@@ -107,14 +107,14 @@ def test_gradual_unfreezing_survives_resume(tiny_deep_dir, chat_data, tmp_path):
     first = FinetuneRecipe(cfg, Console(file=io.StringIO()))
     try:
         first.setup()
-        step = first._optimizer_step
+        step = first.optimizer_step
 
         def stop_after_five(micro):
             out = step(micro)
             first._stop_requested = first.state.step + 1 >= 5
             return out
 
-        first._optimizer_step = stop_after_five
+        first.optimizer_step = stop_after_five
         assert first.train().status == "stopped"
     finally:
         first.cleanup()

@@ -30,6 +30,10 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuneforge.training.loop import FinetuneRecipe
 
 PARENT_ENV = "TUNEFORGE_WORKER_PID"  # set by tuneforge.jobs.worker
 
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from tuneforge.jobs.spec import resolved_hyperparameters
         from tuneforge.training.config import load_config
-        from tuneforge.training.loop import FinetuneRecipe
+        from tuneforge.training.loop import run_training
 
         hf_logging.disable_progress_bar()
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -128,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(None, overrides)
         # Plain text on stderr (the worker's log file): no live progress bar redraws.
         console = Console(file=sys.stderr, force_terminal=False, width=120)
-        recipe = FinetuneRecipe(cfg, console)
-        try:
-            recipe.setup()  # installs the loop's SIGTERM / SIGINT handlers
+
+        def on_event(recipe: FinetuneRecipe, event: str, data: dict) -> None:
+            # The worker follows the steps in metrics.jsonl and stops the run by signal: the
+            # runner only needs the start, when the loop's SIGTERM / SIGINT handlers listen.
+            if event != "start":
+                return
             early.redeliver()
             resolved = recipe.cfg.model_dump(mode="json")
             _write(
@@ -143,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                     "method": resolved.get("method"),
                 },
             )
-            result = recipe.train()
-        finally:
-            recipe.cleanup()
+
+        result = run_training(cfg, console, callback=on_event)
     except Exception as err:  # report any failure to the worker, then exit non-zero
         from tuneforge.jobs.failures import describe
 

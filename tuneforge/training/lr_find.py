@@ -31,7 +31,7 @@ from rich.console import Console
 
 from tuneforge.training.checkpoint import capture_rng, restore_rng
 from tuneforge.training.config import TrainConfig
-from tuneforge.training.loop import FinetuneRecipe, build_optimizer
+from tuneforge.training.loop import FinetuneRecipe
 
 
 @dataclass
@@ -123,27 +123,18 @@ def lr_find(
     # Snapshot what the sweep changes: trained weights (a copy) and the RNG streams.
     snapshot = {id(p): p.detach().clone() for p in recipe.params}
     rng = capture_rng()
-    groups = recipe.trainable.param_groups(recipe.model, base_lr)
-    saved_optimizer, saved_scheduler = recipe.optimizer, recipe.scheduler
-    recipe.optimizer = build_optimizer(
-        groups, base_lr, recipe.cfg.optim.betas, recipe.cfg.optim.eps, recipe.device
-    )
     ratio = end_lr / start_lr
-    # Group LRs keep their relative scales (layer decay, head multiplier): factor x base.
-    recipe.scheduler = torch.optim.lr_scheduler.LambdaLR(
-        recipe.optimizer,
-        lambda s: start_lr * ratio ** (min(s, num_steps - 1) / max(1, num_steps - 1)) / base_lr,
+    # A fresh optimizer of the sweep's own (the run's never steps). Group LRs keep their
+    # relative scales (layer decay, head multiplier): factor x base.
+    optimizer, schedule = recipe.new_optimizer(
+        lambda s: start_lr * ratio ** (min(s, num_steps - 1) / max(1, num_steps - 1)) / base_lr
     )
     result = LRFindResult(rule=rule)
     try:
-        examples, step, epoch = recipe.train_set.examples, 0, 0
+        step, epoch = 0, 0
         while step < num_steps and not result.stopped_early:
             for batch in recipe.plan.epoch_batches(epoch):
-                micro = [
-                    recipe._collate(examples, items)
-                    for items in recipe.plan.micro_batches(batch, recipe.rank)
-                ]
-                stats = recipe._optimizer_step(micro)
+                stats = recipe.optimizer_step(batch, optimizer, schedule)
                 loss = stats["train_loss"]
                 result.lrs.append(stats["lr"])
                 result.losses.append(loss)
@@ -161,12 +152,11 @@ def lr_find(
             for p in recipe.params:
                 p.copy_(snapshot[id(p)])
         restore_rng(rng)
-        recipe.optimizer, recipe.scheduler = saved_optimizer, saved_scheduler
-        recipe.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
     # Suggest from the part of the curve before divergence.
     result.steepest, result.min_over_ten = suggest(result.lrs, result.smoothed)
     result.suggested = result.steepest if rule == "steepest" else result.min_over_ten
-    if recipe.is_main:
+    if recipe.proc.is_main:
         out_dir = Path(out_dir) if out_dir is not None else Path(cfg.output.dir) / "lr_find"
         result.files = write_curve(result, out_dir)
     return result

@@ -38,6 +38,8 @@ class MetricsWriter:
         # Rewritten atomically: a run killed here still has its whole history on disk.
         write_jsonl(self.events, self._kept_records(resume_step, self.events))
         kept = self._kept_records(resume_step)
+        # The newest record (kept, then logged): the run's final train_* metrics come from it.
+        self.last: dict[str, Any] = kept[-1] if kept else {}
         write_jsonl(self.jsonl, kept)
         with atomic_write(self.csv) as f:
             w = csv.writer(f)
@@ -74,6 +76,7 @@ class MetricsWriter:
         """Append one step's record (flushed immediately, so a killed run keeps its history)."""
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.last = record
         with open(self.csv, "a", newline="") as f:
             csv.writer(f).writerow(self._csv_row(record))
         if self._tb is not None:
