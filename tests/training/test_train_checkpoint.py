@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tuneforge.modeling.folder import MANIFEST_FILE, staged_export
 from tuneforge.modeling.tiny import build_model
 from tuneforge.training import checkpoint as ckpt
 
@@ -95,14 +96,14 @@ def test_staged_export_moves_a_whole_model_in_with_the_manifest_last(
         real_replace(src, dst)
 
     monkeypatch.setattr(ckpt.os, "replace", recording_replace)
-    with ckpt.staged_export(out) as stage:
+    with staged_export(out) as stage:
         ckpt.save_model(model, stage)
         (stage / "merged").mkdir()
         (stage / "merged" / "config.json").write_text("{}")
-        (stage / ckpt.MANIFEST_FILE).write_text('{"new": true}')
+        (stage / MANIFEST_FILE).write_text('{"new": true}')
     monkeypatch.undo()
-    assert moved[-1] == ckpt.MANIFEST_FILE and "model.safetensors" in moved
-    assert (out / ckpt.MANIFEST_FILE).read_text() == '{"new": true}'
+    assert moved[-1] == MANIFEST_FILE and "model.safetensors" in moved
+    assert (out / MANIFEST_FILE).read_text() == '{"new": true}'
     assert (out / "merged" / "config.json").is_file() and (out / "checkpoints").is_dir()
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
 
@@ -111,7 +112,7 @@ def test_a_failed_export_leaves_no_manifest_and_no_stage(tiny_tokenizer, tmp_pat
     out = tmp_path / "run"
     out.mkdir()
     (out / "tuneforge.json").write_text('{"old": true}')
-    with pytest.raises(RuntimeError), ckpt.staged_export(out) as stage:
+    with pytest.raises(RuntimeError), staged_export(out) as stage:
         (stage / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("killed mid-export")
     # A manifest next to weights from another export would describe a model that is not there.

@@ -27,10 +27,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +40,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tuneforge.fsutil import write_json
+from tuneforge.fsutil import fsync_dir, write_json
 
 ModelKind = Literal["full", "adapter"]
 
@@ -339,6 +341,53 @@ def checkpoint_steps(root: str | Path) -> list[tuple[int, Path]]:
 # -- export -------------------------------------------------------------------------------------
 
 
+def fsync_tree(path: Path) -> None:
+    """fsync every file and folder under `path`, then `path` itself."""
+    for file in path.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+        elif file.is_dir():
+            fsync_dir(file)
+    fsync_dir(path)
+
+
+@contextlib.contextmanager
+def staged_export(out: str | Path) -> Iterator[Path]:
+    """Yield a hidden folder to write the final model into; on success move it into `out`.
+
+    The old manifest is removed first and the new one (if written into the stage) is moved
+    last, so a reader never sees a manifest next to half-written weights. On an exception the
+    stage is removed and `out` keeps what it had, less its manifest.
+
+    Example:
+        >>> with staged_export(run_dir) as stage:
+        ...     model.save_pretrained(stage)
+        ...     write_manifest(stage, manifest)
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = out / f".tmp-export-{os.getpid()}"
+    if stage.exists():
+        shutil.rmtree(stage)
+    stage.mkdir()
+    (out / MANIFEST_FILE).unlink(missing_ok=True)
+    try:
+        yield stage
+        fsync_tree(stage)
+        entries = sorted(stage.iterdir(), key=lambda e: e.name == MANIFEST_FILE)
+        for entry in entries:
+            target = out / entry.name
+            if entry.is_dir() and target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+        stage.rmdir()
+        fsync_dir(out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage)
+
+
 def export_model(source: str | Path, dest: str | Path, merge: bool = False) -> Path:
     """Copy a fine-tuned model (or checkpoint) folder to `dest` as a standard Hugging Face
     folder, without the training state; with `merge`, fold a LoRA adapter into its base and
@@ -350,23 +399,25 @@ def export_model(source: str | Path, dest: str | Path, merge: bool = False) -> P
     source, dest = Path(source), Path(dest)
     if dest.exists() and any(dest.iterdir()):
         raise FileExistsError(f"{dest} is not empty")
-    dest.mkdir(parents=True, exist_ok=True)
-    if merge and read_folder(source).is_adapter:
-        from peft import AutoPeftModelForCausalLM
-        from transformers import AutoTokenizer
+    # Written into a stage and moved into `dest` manifest last: an interrupted export leaves
+    # no folder that looks whole.
+    with staged_export(dest) as stage:
+        if merge and read_folder(source).is_adapter:
+            from peft import AutoPeftModelForCausalLM
+            from transformers import AutoTokenizer
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(source))
-        merged = model.merge_and_unload(safe_merge=True)
-        merged.save_pretrained(str(dest), safe_serialization=True)
-        AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(dest))
-        if (source / MANIFEST_FILE).is_file():
-            shutil.copy2(source / MANIFEST_FILE, dest / MANIFEST_FILE)
-        return dest
-    for item in source.iterdir():
-        if item.name in TRAINING_STATE_FILES or item.name in (CHECKPOINTS_DIR, "tensorboard"):
-            continue
-        if item.is_dir():
-            shutil.copytree(item, dest / item.name)
-        else:
-            shutil.copy2(item, dest / item.name)
+            model = AutoPeftModelForCausalLM.from_pretrained(str(source))
+            merged = model.merge_and_unload(safe_merge=True)
+            merged.save_pretrained(str(stage), safe_serialization=True)
+            AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(stage))
+            if (source / MANIFEST_FILE).is_file():
+                shutil.copy2(source / MANIFEST_FILE, stage / MANIFEST_FILE)
+            return dest
+        for item in source.iterdir():
+            if item.name in TRAINING_STATE_FILES or item.name in (CHECKPOINTS_DIR, "tensorboard"):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, stage / item.name)
+            else:
+                shutil.copy2(item, stage / item.name)
     return dest

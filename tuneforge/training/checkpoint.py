@@ -13,7 +13,7 @@ Saves are atomic: everything goes into a hidden temporary folder next to the fin
 and folder are fsynced, then the folder is renamed. A killed save leaves only a `.tmp-*`
 folder, which `latest_checkpoint` ignores and the next save removes.
 
-The final export into the run's folder (`staged_export`) is atomic too: it is written in a
+The final export into the run's folder (`modeling.folder.staged_export`) is atomic too: it is written in a
 hidden folder inside the run's folder, fsynced, and moved into place entry by entry with the
 manifest `tuneforge.json` last, so a folder with a manifest always holds a whole model.
 """
@@ -24,8 +24,6 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tuneforge.fsutil import fsync_dir
-from tuneforge.modeling.folder import MANIFEST_FILE, STATE_FILE, checkpoint_name, checkpoint_steps
+from tuneforge.modeling.folder import (
+    STATE_FILE,
+    checkpoint_name,
+    checkpoint_steps,
+    fsync_tree,
+)
 from tuneforge.modeling.load import unwrap_model
 
 
@@ -93,52 +96,6 @@ def load_model_weights(model: nn.Module, path: str | Path) -> None:
         raise ValueError(f"{path}: missing {missing[:3]}, unexpected {unexpected[:3]} weights")
 
 
-def _fsync_tree(path: Path) -> None:
-    for file in path.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-        elif file.is_dir():
-            fsync_dir(file)
-    fsync_dir(path)
-
-
-@contextmanager
-def staged_export(out: str | Path) -> Iterator[Path]:
-    """Yield a hidden folder to write the final model into; on success move it into `out`.
-
-    The old manifest is removed first and the new one (if written into the stage) is moved
-    last, so a reader never sees a manifest next to half-written weights. On an exception the
-    stage is removed and `out` keeps what it had, less its manifest.
-
-    Example:
-        >>> with staged_export(run_dir) as stage:
-        ...     save_model(model, stage)
-        ...     write_json(stage / MANIFEST_FILE, manifest)
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    stage = out / f".tmp-export-{os.getpid()}"
-    if stage.exists():
-        shutil.rmtree(stage)
-    stage.mkdir()
-    (out / MANIFEST_FILE).unlink(missing_ok=True)
-    try:
-        yield stage
-        _fsync_tree(stage)
-        entries = sorted(stage.iterdir(), key=lambda e: e.name == MANIFEST_FILE)
-        for entry in entries:
-            target = out / entry.name
-            if entry.is_dir() and target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
-        stage.rmdir()
-        fsync_dir(out)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage)
-
-
 def capture_rng() -> dict[str, Any]:
     """RNG states of python and torch (CPU and every CUDA device)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
@@ -180,7 +137,7 @@ def save_checkpoint(
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(capture_rng(), tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
-    _fsync_tree(tmp)
+    fsync_tree(tmp)
     os.rename(tmp, final)
     fsync_dir(root)
     return final

@@ -4,9 +4,9 @@
 - `resume_target`: the checkpoint to resume from, or None for a fresh run (which refuses a
   used folder unless output.overwrite);
 - `load_best`: the best checkpoint's step and loss (and weights, to export them);
-- `export_model`: the final model folder (weights or adapter, tokenizer, the merged export
+- `save_run_folder`: the final model folder (weights or adapter, tokenizer, the merged export
   when asked, and `tuneforge.json` last), written atomically;
-- `write_manifest`: `tuneforge.json`, the folder's description (base model, data hashes,
+- `write_run_manifest`: `tuneforge.json`, the folder's description (base model, data hashes,
   config, metrics, parent);
 - `report_setup` / `padding_fraction`: the summary printed before the first step;
   `progress_bar`: the live line during training.
@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tuneforge import __version__
-from tuneforge.fsutil import write_json
+from tuneforge.modeling.folder import staged_export, write_manifest
 from tuneforge.modeling.load import unwrap_model
 from tuneforge.training import checkpoint as ckpt
 from tuneforge.training.config import TrainConfig
@@ -89,20 +89,20 @@ def load_best(ckpt_root: Path, model: torch.nn.Module | None) -> dict[str, Any]:
     return found
 
 
-def export_model(
+def save_run_folder(
     out: Path,
     model: torch.nn.Module,
     tokenizer: Any,
     merge: bool,
-    write_manifest: Callable[[Path], None],
+    manifest: Callable[[Path], None],
 ) -> None:
     """Write the final model folder into `out` atomically: the model (weights, or the adapter),
     its tokenizer, `merged/` (the adapter folded into the base) if `merge`, then the manifest
-    (`write_manifest(folder)`; the staged folder becomes `out` only once it is complete).
+    (`manifest(folder)` writes it; the staged folder becomes `out` only once it is complete).
 
     `merge` folds the adapter into `model` in place: call it last.
     """
-    with ckpt.staged_export(out) as stage:
+    with staged_export(out) as stage:
         ckpt.save_model(model, stage)
         tokenizer.save_pretrained(str(stage))
         if merge:
@@ -111,19 +111,19 @@ def export_model(
             merged = unwrap_model(model).merge_and_unload(safe_merge=True)
             ckpt.save_model(merged, stage / "merged")
             tokenizer.save_pretrained(str(stage / "merged"))
-        write_manifest(stage)
+        manifest(stage)
 
 
 def export_run(recipe: FinetuneRecipe, final: dict[str, Any]) -> None:
-    """The run's model folder (`export_model`, with the manifest of `final`), and the closing
+    """The run's model folder (`save_run_folder`, with the manifest of `final`), and the closing
     line on the console."""
     r = recipe
-    export_model(
+    save_run_folder(
         r.out,
         r.model,
         r.tokenizer,
         r.cfg.output.merge,
-        lambda folder: write_manifest(
+        lambda folder: write_run_manifest(
             final,
             folder,
             cfg=r.cfg,
@@ -147,7 +147,7 @@ def export_run(recipe: FinetuneRecipe, final: dict[str, Any]) -> None:
     )
 
 
-def write_manifest(
+def write_run_manifest(
     final: dict[str, Any],
     folder: Path,
     *,
@@ -189,7 +189,7 @@ def write_manifest(
     }
     if cfg.task == "classify":
         manifest["labels"] = labels
-    write_json(folder / ckpt.MANIFEST_FILE, manifest)
+    write_manifest(folder, manifest)
 
 
 def progress_bar(console: Console, enabled: bool) -> Progress:
