@@ -45,6 +45,8 @@ def _param_row(param: Any) -> str:
         help_text = param.help or ""
     default = param.default
     shown = "" if default in (None, (), [], False) or callable(default) else f"`{default}`"
+    if isinstance(param.show_default, str):  # a config-derived flag: the config's default
+        shown = f"`{param.show_default}`"
     if getattr(param, "is_flag", False) and default is True:
         shown = "on"
     required = " (required)" if param.required else ""
@@ -53,7 +55,7 @@ def _param_row(param: Any) -> str:
 
 def cli_reference() -> str:
     """Markdown for every `tuneforge` command: usage, help and options."""
-    from tuneforge.cli import app
+    from tuneforge.__main__ import app
 
     root = typer.main.get_command(app)
     lines = [GENERATED, "# CLI reference", ""]
