@@ -16,6 +16,7 @@ import typer
 
 from tuneforge import __version__
 from tuneforge.cli.common import console
+from tuneforge.cli.config_flags import ConfigCommand
 from tuneforge.cli.data import data_app
 from tuneforge.cli.evaluate import eval_, report
 from tuneforge.cli.jobs import jobs_app, worker
@@ -47,12 +48,12 @@ def create_app() -> typer.Typer:
         help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
     )
     app.callback()(_root)
-    app.command("train")(train)
+    app.command("train", cls=ConfigCommand)(train)
     app.command("worker")(worker)
     app.command("eval")(eval_)
     app.command("report")(report)
     app.command("serve")(serve)
-    app.command("lr-find")(lr_find_cmd)
+    app.command("lr-find", cls=ConfigCommand)(lr_find_cmd)
     app.add_typer(data_app, name="data")
     app.add_typer(jobs_app, name="jobs")
     app.add_typer(models_app, name="models")

@@ -19,6 +19,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
+from typer.core import TyperCommand
 
 from tuneforge.cli.common import parse_set, print_config_problems, replace_parameter
 from tuneforge.training.config import ConfigError, TrainConfig, load_config
@@ -68,7 +69,7 @@ class ConfigFlag:
         names = self.names
         if self.kind == "flag":  # --data.packing/--no-data.packing
             names = tuple(f"{n}/--no-{n.removeprefix('--')}" for n in names if n.startswith("--"))
-        panel = f"Config: {self.section}" if self.section else "Config"
+        panel = f"{self.section or 'run'} options"
         option = typer.Option(
             None,
             *names,
@@ -221,3 +222,26 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         return build_config(config, values, sets)
 
     return replace_parameter(fn, "cfg", params, build)
+
+
+class ConfigCommand(TyperCommand):
+    """Plain (Click) help in one section per config section: Rich's option table cuts long
+    names such as `--model.gradient_checkpointing` short in an 80-column terminal."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        mode, self.rich_markup_mode = self.rich_markup_mode, None
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.rich_markup_mode = mode
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                panel = getattr(param, "rich_help_panel", None) or "Options"
+                sections.setdefault(panel, []).append(record)
+        for name, rows in sections.items():
+            with formatter.section(name):
+                formatter.write_dl(rows)
