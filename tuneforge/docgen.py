@@ -99,7 +99,7 @@ def _walk(model: type[BaseModel], prefix: str, rows: list[str], sections: list[s
         if field.default is PydanticUndefined and field.default_factory is None:
             default = "**required**"
         elif field.default_factory is not None:
-            default = f"`{field.default_factory()}`"
+            default = f"`{field.get_default(call_default_factory=True)}`"
         else:
             default = f"`{field.default}`" if field.default is not None else "`null`"
         text = (field.description or "").replace("|", "/")
@@ -135,7 +135,7 @@ def server_reference() -> str:
 
     rows = []
     for name, field in ServerSettings.model_fields.items():
-        default = field.default_factory() if field.default_factory is not None else field.default
+        default = field.get_default(call_default_factory=True)
         text = (field.description or "").replace("|", "/")
         env = f"`{ENV_PREFIX}{name.upper()}`"
         rows.append(f"| `{name}` | {env} | `{default}` | {text} |")

@@ -131,7 +131,7 @@ def _metavar(annotation: Any, kind: str) -> str | None:
         return "<yaml>"
     if kind not in ("text", "word"):
         return None
-    names = []
+    names: list[str] = []
     for member in _members(annotation):
         names += typing.get_args(member) if _is_words(member) else [member.__name__.lower()]
     return f"<{'|'.join(names)}>"
