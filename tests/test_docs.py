@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tuneforge.cli import app
+from tuneforge.__main__ import app
 from tuneforge.docgen import PAGES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -45,6 +45,8 @@ def _param_row(param: Any) -> str:
         help_text = param.help or ""
     default = param.default
     shown = "" if default in (None, (), [], False) or callable(default) else f"`{default}`"
+    if isinstance(param.show_default, str):  # a config-derived flag: the config's default
+        shown = f"`{param.show_default}`"
     if getattr(param, "is_flag", False) and default is True:
         shown = "on"
     required = " (required)" if param.required else ""
@@ -53,7 +55,7 @@ def _param_row(param: Any) -> str:
 
 def cli_reference() -> str:
     """Markdown for every `tuneforge` command: usage, help and options."""
-    from tuneforge.cli import app
+    from tuneforge.__main__ import app
 
     root = typer.main.get_command(app)
     lines = [GENERATED, "# CLI reference", ""]
@@ -97,7 +99,7 @@ def _walk(model: type[BaseModel], prefix: str, rows: list[str], sections: list[s
         if field.default is PydanticUndefined and field.default_factory is None:
             default = "**required**"
         elif field.default_factory is not None:
-            default = f"`{field.default_factory()}`"
+            default = f"`{field.get_default(call_default_factory=True)}`"
         else:
             default = f"`{field.default}`" if field.default is not None else "`null`"
         text = (field.description or "").replace("|", "/")
@@ -133,7 +135,7 @@ def server_reference() -> str:
 
     rows = []
     for name, field in ServerSettings.model_fields.items():
-        default = field.default_factory() if field.default_factory is not None else field.default
+        default = field.get_default(call_default_factory=True)
         text = (field.description or "").replace("|", "/")
         env = f"`{ENV_PREFIX}{name.upper()}`"
         rows.append(f"| `{name}` | {env} | `{default}` | {text} |")

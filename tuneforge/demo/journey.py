@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.rule import Rule
 from rich.table import Table
 
+from tuneforge.cli import app
 from tuneforge.demo.bank import SYSTEM as BANK_SYSTEM
 from tuneforge.demo.bank import write_bank_dataset, write_blocklist
 from tuneforge.demo.base import demo_base
@@ -60,8 +61,6 @@ class Journey:
 
         With `stdout`, what the command prints on standard output is captured there.
         """
-        from tuneforge.cli import app
-
         shown = " ".join(shlex.quote(a) for a in args)
         self.console.print(f"\n[bold cyan]$ tuneforge {shown}[/bold cyan]", highlight=False)
         capture = contextlib.redirect_stdout(stdout) if stdout else contextlib.nullcontext()
