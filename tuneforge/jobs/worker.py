@@ -1,5 +1,8 @@
 """The job worker: claims jobs, runs training in a subprocess, and reports progress.
 
+(Longer than ~500 lines: one class owns the whole life of a claimed job, from claim to
+terminal state, so the lease, the subprocess and the stop protocol read in one place.)
+
 One `Worker` runs one job at a time (start several processes, on one database, for more):
 
 1. `claim` a queued job (or a running one whose worker's lease expired) with a lease;
