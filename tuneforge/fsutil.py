@@ -64,3 +64,10 @@ def write_json(path: str | Path, obj: Any) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
         f.write("\n")
+
+
+def cache_dir() -> Path:
+    """TuneForge's cache folder (the demo's base model, imported models, the dtype probe):
+    `$TUNEFORGE_CACHE`, else `~/.cache/tuneforge`. Outside any repository or run folder."""
+    root = os.environ.get("TUNEFORGE_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "tuneforge"

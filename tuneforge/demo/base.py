@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from tuneforge.demo.corpus import pretraining_corpus
-from tuneforge.fsutil import write_json, write_jsonl
+from tuneforge.fsutil import cache_dir, write_json, write_jsonl
 
 # Files of a Hugging Face model folder that make up the base model (no training leftovers).
 MODEL_FILES = (
@@ -64,7 +64,7 @@ BUNDLED = Path(__file__).parent / "base_model"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("TUNEFORGE_CACHE", Path.home() / ".cache" / "tuneforge"))
+    return cache_dir()
 
 
 def demo_base(
