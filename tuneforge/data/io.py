@@ -466,6 +466,18 @@ def _read_jsonl(path: Path) -> LoadedDataset:
     if whole is not None:
         return _read_whole_document(path, whole, problems)
 
+    return LoadedDataset(path, jsonl_lines(data, text), None, problems)
+
+
+def jsonl_lines(data: bytes, text: str | None = None) -> list[Record]:
+    """The records of JSON Lines bytes (a whole file, or a run of whole lines of one), numbered
+    from 1; `text`: `data` decoded, when the caller has it.
+
+    Bytes that are not UTF-8 make a `non_utf8` problem on their line only.
+    """
+    if text is None:
+        with contextlib.suppress(UnicodeDecodeError):
+            text = data.decode("utf-8")
     records: list[Record] = []
     append = records.append
     lines: list[str] | list[bytes] = text.split("\n") if text is not None else data.split(b"\n")
@@ -479,7 +491,7 @@ def _read_jsonl(path: Path) -> LoadedDataset:
         if text is None:
             raw, problem = _decode(raw, number)  # type: ignore[arg-type]
         append(_line_record(number, raw, problem, parse))  # type: ignore[arg-type]
-    return LoadedDataset(path, records, None, problems)
+    return records
 
 
 def _whole_document(data: bytes, text: str | None) -> list | dict | None:
