@@ -136,6 +136,9 @@ class _Merge:
         options, near, seen = self.options, self.near, self.seen
         keys, blob, offsets = result["keys"], memoryview(result["out"]), result["offsets"]
         rows = result.get("rows")
+        alone = near.isolated(result["bands"]) if near is not None else None
+        # Isolated examples that reach the index (line, signature row): added at the end.
+        deferred: list[tuple[int, int]] = []
         dropped: list[Rejected] = []
         run = 0  # the first item of the run of kept items not yet written
         lines = array("l", result["item_lines"])
@@ -155,7 +158,9 @@ class _Merge:
                 first = seen.get(key)
                 if first is not None:
                     reason, code = f"exact duplicate of line {first}", "duplicate"
-            if code is None and near is not None and fresh and rows[i] >= 0:
+            if code is None and near is not None and fresh and rows[i] >= 0 and alone[rows[i]]:
+                deferred.append((line, int(rows[i])))
+            elif code is None and near is not None and fresh and rows[i] >= 0:
                 signature = self._signature(result, int(rows[i]))
                 found = near.query(signature)
                 if found is not None:
@@ -178,6 +183,14 @@ class _Merge:
         if run < len(lines):
             self.out.write(blob[offsets[run] : offsets[len(lines)]])
         self.kept += len(lines) - run
+        if deferred and near is not None:
+            ends, shingles = result["shingle_offsets"].tolist(), result["shingles"]
+            added = [row for _, row in deferred]
+            near.add_isolated(
+                [line for line, _ in deferred],
+                result["bands"][added],
+                [shingles[ends[r] : ends[r + 1]] for r in added],
+            )
         return dropped
 
     @staticmethod

@@ -194,7 +194,7 @@ class NearDuplicateIndex:
         # Random odd multipliers folding a band's `rows` values into one 64-bit key.
         rng = np.random.default_rng(seed)
         self._band_mix = rng.integers(1, 1 << 63, size=self.rows, dtype=np.uint64) | np.uint64(1)
-        self._tables: list[dict[int, list[int]]] = [{} for _ in range(self.bands)]
+        self._tables: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
         self._shingles: dict[int, np.ndarray] = {}
         self._unique: set[int] = set()
         self._pow = _powers(_BASE, 1)
@@ -295,7 +295,10 @@ class NearDuplicateIndex:
         for table, band in zip(self._tables, signature.bands, strict=True):
             found = table.get(band)
             if found is not None:
-                candidates.update(found)
+                if type(found) is int:
+                    candidates.add(found)
+                else:
+                    candidates.update(found)
         if not candidates:
             return None
         mine = np.unique(signature.shingles)
@@ -322,10 +325,33 @@ class NearDuplicateIndex:
         for table, band in zip(self._tables, signature.bands, strict=True):
             found = table.get(band)
             if found is None:
-                table[band] = [key]
+                table[band] = key  # most band keys stay unique: no list for them
+            elif type(found) is int:
+                table[band] = [found, key]
             else:
                 found.append(key)
         self._shingles[key] = signature.shingles
+
+    def isolated(self, bands: np.ndarray) -> np.ndarray:
+        """For rows of band keys (examples, bands), True where no band key is indexed or shared
+        with another row: such an example has no candidate, so `query` finds nothing for it
+        before or after any of the other rows is added, and `add_isolated` may add it later."""
+        alone = np.ones(len(bands), dtype=bool)
+        for j, table in enumerate(self._tables):
+            column = bands[:, j]
+            _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
+            alone &= counts[inverse] == 1
+            if table:
+                hits = table.keys() & set(column.tolist())
+                if hits:
+                    alone &= ~np.isin(column, np.fromiter(hits, np.uint64, len(hits)))
+        return alone
+
+    def add_isolated(self, keys: list[int], bands: np.ndarray, shingles: list[np.ndarray]) -> None:
+        """`add` for many examples at once, each `isolated` among these and the indexed ones."""
+        for table, column in zip(self._tables, bands.T, strict=True):
+            table.update(zip(column.tolist(), keys, strict=True))
+        self._shingles.update(zip(keys, shingles, strict=True))
 
 
 # --- exact duplicates in bounded memory -----------------------------------------------------
