@@ -155,6 +155,10 @@ def _powers(base: int, n: int) -> np.ndarray:
     return np.cumprod(out, dtype=np.uint32)
 
 
+# BASE**i and BASE**-i modulo 2**32 for i < len, grown as longer batches of text come.
+_POWERS: list[np.ndarray] = [_powers(_BASE, 1), _powers(_BASE_INV, 1)]
+
+
 @dataclass
 class Signature:
     """An example's MinHash, its LSH band keys, and its shingle hashes (to confirm exactly)."""
@@ -197,8 +201,6 @@ class NearDuplicateIndex:
         self._tables: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
         self._shingles: dict[int, np.ndarray] = {}
         self._unique: set[int] = set()
-        self._pow = _powers(_BASE, 1)
-        self._pow_inv = _powers(_BASE_INV, 1)
 
     def __len__(self) -> int:
         return len(self._shingles)
@@ -213,17 +215,18 @@ class NearDuplicateIndex:
         # A separator byte between texts, so that no word spans two of them.
         data = np.frombuffer(b"\x00".join(encoded) + b"\x00", dtype=np.uint8)
         n = len(data)
-        if len(self._pow) < n + 1:
-            size = max(n + 1, 2 * len(self._pow))
-            self._pow, self._pow_inv = _powers(_BASE, size), _powers(_BASE_INV, size)
+        if len(_POWERS[0]) < n + 1:  # shared by every index: each batch reuses them
+            size = max(n + 1, 2 * len(_POWERS[0]))
+            _POWERS[:] = _powers(_BASE, size), _powers(_BASE_INV, size)
+        pow_, pow_inv = _POWERS
         word = _WORD_BYTE[data]
         edges = np.flatnonzero(np.diff(np.r_[False, word, False]))
         starts, ends = edges[0::2], edges[1::2]
         # Polynomial hash of each word from prefix sums: sum(c_i * BASE**i) over the word,
         # shifted to start at power 0 so the same word hashes the same anywhere.
         prefix = np.zeros(n + 1, dtype=np.uint32)
-        np.cumsum(data * self._pow[:n], dtype=np.uint32, out=prefix[1:])
-        hashes = (prefix[ends] - prefix[starts]) * self._pow_inv[starts]
+        np.cumsum(data * pow_[:n], dtype=np.uint32, out=prefix[1:])
+        hashes = (prefix[ends] - prefix[starts]) * pow_inv[starts]
         text_starts = np.r_[0, np.cumsum(lengths + 1)[:-1]]
         owners = np.searchsorted(text_starts, starts, side="right") - 1
         return hashes, owners
