@@ -3,8 +3,9 @@
 Each worker takes a run of whole lines (`parallel.Chunk`) through steps 1-5 of `clean` (fixes,
 validation, blocklist, PII, length) exactly as the in-process `_Cleaner` does, and sends back
 compact results: its rejections, fix and redaction counts, and for each surviving example its
-line number, its 16-byte `content_key`, its output line (UTF-8 bytes, one blob per chunk) and
-its near-duplicate signature (band keys and shingle hashes as numpy arrays). The parent merges
+line number, its 16-byte `content_key`, its output line (written to a spill file the parent
+copies kept runs from, kernel to kernel) and its near-duplicate signature (band keys and
+shingle hashes as numpy arrays: a few bytes per example cross the pipe). The parent merges
 chunks in line order and does what depends on order (step 6: the first copy of a duplicate
 wins; near duplicates are found against the examples kept before), reproducing the in-process
 run's batches of `_BATCH` lines, so both files and the report are the same byte for byte.
@@ -13,6 +14,8 @@ run's batches of `_BATCH` lines, so both files and the report are the same byte 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from array import array
 from pathlib import Path
 from typing import Any
@@ -45,8 +48,9 @@ def _index(options: CleanOptions) -> NearDuplicateIndex | None:
     return NearDuplicateIndex(options.near_dup_threshold, options.num_perm, options.shingle_size)
 
 
-def clean_chunk(chunk: Chunk, fmt: Format, options: CleanOptions) -> dict[str, Any]:
-    """A worker's part of `clean`: steps 1-5 and the fingerprints of one chunk's lines."""
+def clean_chunk(chunk: Chunk, fmt: Format, options: CleanOptions, spill: str) -> dict[str, Any]:
+    """A worker's part of `clean`: steps 1-5 and the fingerprints of one chunk's lines; the
+    output lines of the examples that pass go to the file `spill`."""
     with paused_gc():
         data = read_chunk(chunk)
         records = jsonl_lines(data)
@@ -56,6 +60,8 @@ def clean_chunk(chunk: Chunk, fmt: Format, options: CleanOptions) -> dict[str, A
         keyed = options.dedupe or options.near_dedupe
         keys = b"".join(content_key(i.obj, i.slots) for i in items) if keyed else b""
         encoded = [_json_line(item.obj).encode("utf-8") for item in items]
+        with open(spill, "wb") as f:
+            f.writelines(encoded)
         offsets = np.zeros(len(items) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, encoded), np.int64, len(items)), out=offsets[1:])
         result: dict[str, Any] = {
@@ -66,7 +72,6 @@ def clean_chunk(chunk: Chunk, fmt: Format, options: CleanOptions) -> dict[str, A
             "redactions": cleaner.redactions,
             "item_lines": array("l", [item.line for item in items]).tobytes(),
             "keys": keys,
-            "out": b"".join(encoded),
             "offsets": offsets,
             "newlines": np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10),
         }
@@ -77,22 +82,20 @@ def clean_chunk(chunk: Chunk, fmt: Format, options: CleanOptions) -> dict[str, A
 
 
 def _signatures(index: NearDuplicateIndex, slots: list[list[Slot]]) -> dict[str, Any]:
-    """Every example's signature, packed: which row each has (-1: none), hash values, band
-    keys, and shingle hashes with their offsets."""
+    """Every example's signature, packed: which row each has (-1: none), band keys, and shingle
+    hashes with their offsets. (The MinHash values themselves are not needed past the bands.)"""
     rows = np.full(len(slots), -1, dtype=np.int64)
-    values, bands, shingles = [], [], []
+    bands, shingles = [], []
     for start in range(0, len(slots), _BATCH):
         texts: list[str | None] = [shingle_text(s) for s in slots[start : start + _BATCH]]
         for i, signature in enumerate(index.signatures(texts), start=start):
             if signature is not None:
-                rows[i] = len(values)
-                values.append(signature.hashvalues)
+                rows[i] = len(bands)
                 bands.append(signature.bands)
                 shingles.append(signature.shingles)
     ends = np.cumsum([len(s) for s in shingles], dtype=np.int64)
     return {
         "rows": rows,
-        "hashvalues": np.array(values, dtype=np.uint32).reshape(len(values), index.num_perm),
         "bands": np.array(bands, dtype=np.uint64).reshape(len(bands), index.bands),
         "shingles": np.concatenate(shingles) if shingles else np.zeros(0, np.uint32),
         "shingle_offsets": np.r_[0, ends],
@@ -102,19 +105,19 @@ def _signatures(index: NearDuplicateIndex, slots: list[list[Slot]]) -> dict[str,
 class _Merge:
     """The parent's side: step 6 over the chunks' examples in line order, and the accounting."""
 
-    def __init__(self, options: CleanOptions, cleaner: _Cleaner, fd: int, out: Any):
+    def __init__(self, options: CleanOptions, cleaner: _Cleaner, fd: int, out: int):
         self.options = options
         self.cleaner = cleaner  # holds the merged fixes, redactions and rejections
         self.near = _index(options)
         self.seen: dict[bytes, int] = {}
         self.batch = -1
         self.batch_keys: set[bytes] = set()
-        self.fd = fd
-        self.out = out
+        self.fd = fd  # the input, for the text of dropped duplicates
+        self.out = out  # the output's file descriptor
         self.kept = 0
         self.read = 0
 
-    def add(self, chunk: Chunk, result: dict[str, Any]) -> None:
+    def add(self, chunk: Chunk, result: dict[str, Any], spill: str) -> None:
         base = self.read
         cleaner = self.cleaner
         for fix, count in result["fixes"].items():
@@ -124,65 +127,69 @@ class _Merge:
         cleaner.redactions += result["redactions"]
         dropped = [
             Rejected(line + base, reason, code, raw)
-            for line, code, reason, raw in (result["rejected"])
+            for line, code, reason, raw in result["rejected"]
         ]
-        dropped += self._dedupe(chunk, result, base)
+        spill_fd = os.open(spill, os.O_RDONLY)
+        try:
+            dropped += self._dedupe(chunk, result, base, spill_fd)
+        finally:
+            os.close(spill_fd)
+            os.unlink(spill)
         dropped.sort(key=lambda r: r.line)
         cleaner.rejected += dropped
         self.read += result["lines"]
 
-    def _dedupe(self, chunk: Chunk, result: dict[str, Any], base: int) -> list[Rejected]:
-        """Step 6 as `_Cleaner.run` does it; writes the kept examples, returns the dropped."""
-        options, near, seen = self.options, self.near, self.seen
-        keys, blob, offsets = result["keys"], memoryview(result["out"]), result["offsets"]
-        rows = result.get("rows")
-        alone = near.isolated(result["bands"]) if near is not None else None
-        # Isolated examples that reach the index (line, signature row): added at the end.
-        deferred: list[tuple[int, int]] = []
+    def _dedupe(
+        self, chunk: Chunk, result: dict[str, Any], base: int, spill: int
+    ) -> list[Rejected]:
+        """Step 6 as `_Cleaner.run` does it; copies the kept examples' lines from `spill` to
+        the output and returns the dropped."""
+        dedupe, near, seen = self.options.dedupe, self.near, self.seen
+        keys, offsets = result["keys"], result["offsets"].tolist()
+        lines = array("l", result["item_lines"])
+        keyed = [keys[j : j + 16] for j in range(0, len(keys), 16)] or [None] * len(lines)
+        rows = result["rows"].tolist() if near is not None else [-1] * len(lines)
+        alone = near.isolated(result["bands"]).tolist() if near is not None else []
+        deferred: list[tuple[int, int]] = []  # isolated examples indexed: (line, row), at the end
         dropped: list[Rejected] = []
         run = 0  # the first item of the run of kept items not yet written
-        lines = array("l", result["item_lines"])
-        for i, line in enumerate(lines):
+        batch, batch_keys = self.batch, self.batch_keys
+        for i, (line, key, row) in enumerate(zip(lines, keyed, rows, strict=True)):
             line += base
-            key = keys[16 * i : 16 * i + 16] if keys else None
-            batch = (line - 1) // _BATCH
-            if batch != self.batch:
-                self.batch, self.batch_keys = batch, set()
-            # As in `_Cleaner.run`: a signature only for the first of a content in its batch
-            # and not kept before.
-            fresh = key is not None and key not in seen and key not in self.batch_keys
-            if key is not None:
-                self.batch_keys.add(key)
-            reason = code = None
-            if key is not None and options.dedupe:
-                first = seen.get(key)
-                if first is not None:
-                    reason, code = f"exact duplicate of line {first}", "duplicate"
-            if code is None and near is not None and fresh and rows[i] >= 0 and alone[rows[i]]:
-                deferred.append((line, int(rows[i])))
-            elif code is None and near is not None and fresh and rows[i] >= 0:
-                signature = self._signature(result, int(rows[i]))
-                found = near.query(signature)
-                if found is not None:
-                    code = "near_duplicate"
-                    reason = (
-                        f"near duplicate of line {found[0]} (Jaccard similarity {found[1]:.2f})"
-                    )
-                else:
-                    near.add(line, signature)
-            if code is None:
-                if key is not None:
-                    seen.setdefault(key, line)
+            if (line - 1) // _BATCH != batch:
+                batch, batch_keys = (line - 1) // _BATCH, set()
+            if key is None:
+                continue  # neither exact nor near dedupe: every example is kept
+            # As in `_Cleaner.run`: a signature only for the first of a content in its batch,
+            # if that content was not kept before.
+            fresh = key not in seen and key not in batch_keys
+            batch_keys.add(key)
+            first = seen.get(key) if dedupe else None
+            if first is not None:
+                reason, code = f"exact duplicate of line {first}", "duplicate"
+            elif not fresh or row < 0 or near is None:
+                seen.setdefault(key, line)
                 continue
-            raw = self._raw(chunk, result["newlines"], line - base)
-            dropped.append(Rejected(line, reason, code, raw))  # type: ignore[arg-type]
-            if run < i:
-                self.out.write(blob[offsets[run] : offsets[i]])
+            elif alone[row]:
+                deferred.append((line, row))
+                seen[key] = line
+                continue
+            else:
+                signature = self._signature(result, row)
+                found = near.query(signature)
+                if found is None:
+                    near.add(line, signature)
+                    seen[key] = line
+                    continue
+                code = "near_duplicate"
+                reason = f"near duplicate of line {found[0]} (Jaccard similarity {found[1]:.2f})"
+            dropped.append(Rejected(line, reason, code, self._raw(chunk, result, line - base)))
+            _copy(spill, self.out, offsets[run], offsets[i] - offsets[run])
             self.kept += i - run
             run = i + 1
-        if run < len(lines):
-            self.out.write(blob[offsets[run] : offsets[len(lines)]])
+        _copy(spill, self.out, offsets[run], offsets[len(lines)] - offsets[run])
         self.kept += len(lines) - run
+        self.batch, self.batch_keys = batch, batch_keys
         if deferred and near is not None:
             ends, shingles = result["shingle_offsets"].tolist(), result["shingles"]
             added = [row for _, row in deferred]
@@ -196,18 +203,30 @@ class _Merge:
     @staticmethod
     def _signature(result: dict[str, Any], row: int) -> Signature:
         ends = result["shingle_offsets"]
-        return Signature(
-            result["hashvalues"][row],
-            result["bands"][row].tolist(),
-            result["shingles"][ends[row] : ends[row + 1]],
-        )
+        no_values = np.zeros(0, dtype=np.uint32)  # only bands and shingles are compared
+        shingles = result["shingles"][ends[row] : ends[row + 1]]
+        return Signature(no_values, result["bands"][row].tolist(), shingles)
 
-    def _raw(self, chunk: Chunk, newlines: np.ndarray, number: int) -> str:
+    def _raw(self, chunk: Chunk, result: dict[str, Any], number: int) -> str:
         """The text of the chunk's line `number` (from 1), as `Record.raw` holds it."""
+        newlines = result["newlines"]
         start = 0 if number == 1 else int(newlines[number - 2]) + 1
         end = int(newlines[number - 1]) if number - 1 < len(newlines) else chunk.end - chunk.start
         raw = os.pread(self.fd, end - start, chunk.start + start)
         return raw.removesuffix(b"\r").decode("utf-8")
+
+
+def _copy(src: int, dst: int, offset: int, count: int) -> None:
+    """`count` bytes of `src` from `offset` appended to `dst` (in the kernel where it can)."""
+    while count > 0:
+        try:
+            n = os.copy_file_range(src, dst, count, offset)
+        except (AttributeError, OSError):  # no such call, or not across these file systems
+            n = os.write(dst, os.pread(src, min(count, 1 << 24), offset))
+        if n <= 0:
+            raise OSError(f"could not copy {count} bytes of a spill file")
+        offset += n
+        count -= n
 
 
 def clean_chunks(
@@ -224,15 +243,17 @@ def clean_chunks(
     assert fmt is not None  # a plan has a format
     loaded = LoadedDataset(plan.path, [], fmt, plan.file_problems)
     cleaner = _Cleaner(loaded, options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spills = tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)
     fd = os.open(plan.path, os.O_RDONLY)
     try:
         with paused_gc(), atomic_write(rejects) as rf, atomic_write(out, "wb") as f:
-            merge = _Merge(options, cleaner, fd, f)
-            tasks = [(chunk, fmt, options) for chunk in plan.chunks]
-            for chunk, result in zip(
-                plan.chunks, run_chunks(clean_chunk, tasks, workers), strict=True
-            ):
-                merge.add(chunk, result)
+            merge = _Merge(options, cleaner, fd, f.fileno())
+            names = [os.path.join(spills, str(i)) for i in range(len(plan.chunks))]
+            tasks = [(c, fmt, options, name) for c, name in zip(plan.chunks, names, strict=True)]
+            results = run_chunks(clean_chunk, tasks, workers)
+            for chunk, name, result in zip(plan.chunks, names, results, strict=True):
+                merge.add(chunk, result, name)
             if merge.kept + len(cleaner.rejected) != merge.read:  # every line accounted for
                 raise AssertionError(
                     f"internal error: {merge.kept} kept + {len(cleaner.rejected)} rejected "
@@ -241,6 +262,7 @@ def clean_chunks(
             rf.writelines(_json_line(r.to_dict()) for r in cleaner.rejected)
     finally:
         os.close(fd)
+        shutil.rmtree(spills, ignore_errors=True)
     for p in plan.file_problems:
         if p.code in _FILE_FIXES:
             cleaner.fixes[p.code] += 1
