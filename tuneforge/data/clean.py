@@ -73,6 +73,10 @@ FIX_LABELS: dict[str, str] = {
 }
 # File-wide reading problems that writing JSON Lines fixes.
 _FILE_FIXES = ("bom", "top_level_array", "pretty_printed_json")
+# Near-duplicate signatures are computed this many records at a time (vectorised); which
+# examples get one depends on it (the first of a content in its batch), so the parallel merge
+# (`clean_chunks`) follows the same batches.
+SIGNATURE_BATCH = 2048
 # How many line numbers the report keeps per fix, to show where it was applied.
 _FIX_LINES_SHOWN = 5
 
@@ -292,7 +296,7 @@ class _Cleaner:
         seen: dict[bytes, int] = {}
         kept: list[_Kept] = []
         records = self.loaded.records
-        chunk = 2048  # near-duplicate signatures are computed a chunk at a time (vectorised)
+        chunk = SIGNATURE_BATCH
         for start in range(0, len(records), chunk):
             batch = [(r, self.example(r)) for r in records[start : start + chunk]]
             keys: list[bytes | None] = []

@@ -7,8 +7,9 @@ line number, its 16-byte `content_key`, its output line (written to a spill file
 copies kept runs from, kernel to kernel) and its near-duplicate signature (band keys and
 shingle hashes as numpy arrays: a few bytes per example cross the pipe). The parent merges
 chunks in line order and does what depends on order (step 6: the first copy of a duplicate
-wins; near duplicates are found against the examples kept before), reproducing the in-process
-run's batches of `_BATCH` lines, so both files and the report are the same byte for byte.
+wins; near duplicates are found against the examples kept before), following the in-process
+run's batches of `clean.SIGNATURE_BATCH` records: both files and the report are the same, byte
+for byte.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneforge.data import clean as _clean
 from tuneforge.data.clean import (
     _FILE_FIXES,
     CleanOptions,
@@ -36,10 +38,6 @@ from tuneforge.data.dedupe import NearDuplicateIndex, Signature, content_key, sh
 from tuneforge.data.io import Format, LoadedDataset, jsonl_lines, paused_gc
 from tuneforge.data.parallel import Chunk, JsonlPlan, read_chunk, run_chunks
 from tuneforge.fsutil import atomic_write
-
-# The in-process cleaner decides which examples need a near-duplicate signature a batch of this
-# many records at a time (`_Cleaner.run`); the merge reproduces its batches.
-_BATCH = 2048
 
 
 def _index(options: CleanOptions) -> NearDuplicateIndex | None:
@@ -86,8 +84,8 @@ def _signatures(index: NearDuplicateIndex, slots: list[list[Slot]]) -> dict[str,
     hashes with their offsets. (The MinHash values themselves are not needed past the bands.)"""
     rows = np.full(len(slots), -1, dtype=np.int64)
     bands, shingles = [], []
-    for start in range(0, len(slots), _BATCH):
-        texts: list[str | None] = [shingle_text(s) for s in slots[start : start + _BATCH]]
+    for start in range(0, len(slots), 2048):
+        texts: list[str | None] = [shingle_text(s) for s in slots[start : start + 2048]]
         for i, signature in enumerate(index.signatures(texts), start=start):
             if signature is not None:
                 rows[i] = len(bands)
@@ -154,10 +152,11 @@ class _Merge:
         dropped: list[Rejected] = []
         run = 0  # the first item of the run of kept items not yet written
         batch, batch_keys = self.batch, self.batch_keys
+        size = _clean.SIGNATURE_BATCH  # the in-process cleaner's batches of records
         for i, (line, key, row) in enumerate(zip(lines, keyed, rows, strict=True)):
             line += base
-            if (line - 1) // _BATCH != batch:
-                batch, batch_keys = (line - 1) // _BATCH, set()
+            if (line - 1) // size != batch:
+                batch, batch_keys = (line - 1) // size, set()
             if key is None:
                 continue  # neither exact nor near dedupe: every example is kept
             # As in `_Cleaner.run`: a signature only for the first of a content in its batch,

@@ -91,7 +91,7 @@ def plan_jsonl(
     path: str | Path,
     format: Format | str | None,
     workers: int | None,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
 ) -> tuple[JsonlPlan, int] | None:
     """The chunks and worker count for reading `path` in parallel, or None to read it in-process.
 
@@ -121,7 +121,7 @@ def plan_jsonl(
             problems.append(_bom_problem())
         if not _is_jsonl(f, start):
             return None
-        chunks = _chunks(f, str(path), start, size, chunk_bytes)
+        chunks = _chunks(f, str(path), start, size, chunk_bytes or CHUNK_BYTES)
         fmt = forced if forced is not None else _detect(f, chunks)
     if fmt is None:
         return None
