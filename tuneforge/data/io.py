@@ -484,13 +484,25 @@ def jsonl_lines(data: bytes, text: str | None = None) -> list[Record]:
     if lines[-1] in ("", b""):
         lines.pop()  # the final newline ends the last line; it does not start a new one
     parse = _parse
+    if text is not None:
+        # Most lines: a JSON value msgspec reads, without the calls of the general path.
+        decode = _FAST_DECODE
+        for number, raw in enumerate(lines, start=1):
+            if raw[-1:] == "\r":
+                raw = raw[:-1]
+            if raw and not raw.isspace():
+                try:
+                    append(Record(number, raw, decode(raw)))  # type: ignore[arg-type]
+                    continue
+                except (msgspec.DecodeError, RecursionError):
+                    pass
+            append(_line_record(number, raw, None, parse))  # type: ignore[arg-type]
+        return records
     for number, raw in enumerate(lines, start=1):
-        if raw[-1:] in ("\r", b"\r"):
+        if raw[-1:] == b"\r":
             raw = raw[:-1]
-        problem = None
-        if text is None:
-            raw, problem = _decode(raw, number)  # type: ignore[arg-type]
-        append(_line_record(number, raw, problem, parse))  # type: ignore[arg-type]
+        raw, problem = _decode(raw, number)  # type: ignore[arg-type]
+        append(_line_record(number, raw, problem, parse))
     return records
 
 
