@@ -8,7 +8,11 @@ results in file order. Workers parse and check their lines and send back compact
 bytes); the parent merges them in line order and does what depends on order (which copy of a
 duplicate comes first), so the outcome is that of the single-process code, line for line.
 
-Line numbers inside a chunk count from 1; the parent adds the chunk's `first_line - 1`.
+Line numbers inside a chunk count from 1; the parent adds the lines of the chunks before.
+
+Workers are forked where that is safe (POSIX, a single-threaded parent), else spawned. Spawned
+workers hash strings with another seed, so fixes applied the same number of times may be listed
+in another order when they first appear on the same line; counts and lines are the same.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def worker_count(workers: int | None, size: int) -> int:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         return workers
+    if multiprocessing.current_process().daemon:
+        return 1  # a daemonic process may not start processes of its own
     return available_cpus() if size >= MIN_PARALLEL_BYTES else 1
 
 
