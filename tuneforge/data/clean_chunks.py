@@ -4,7 +4,7 @@ Each worker takes a run of whole lines (`parallel.Chunk`) through steps 1-5 of `
 validation, blocklist, PII, length) exactly as the in-process `_Cleaner` does, and sends back
 compact results: its rejections, fix and redaction counts, and for each surviving example its
 line number, its 16-byte `content_key`, its output line (written to a spill file the parent
-copies kept runs from, kernel to kernel) and its near-duplicate signature (band keys and
+reads back whole and writes kept runs from) and its near-duplicate signature (band keys and
 shingle hashes as numpy arrays: a few bytes per example cross the pipe). The parent merges
 chunks in line order and does what depends on order (step 6: the first copy of a duplicate
 wins; near duplicates are found against the examples kept before), following the in-process
@@ -103,7 +103,7 @@ def _signatures(index: NearDuplicateIndex, slots: list[list[Slot]]) -> dict[str,
 class _Merge:
     """The parent's side: step 6 over the chunks' examples in line order, and the accounting."""
 
-    def __init__(self, options: CleanOptions, cleaner: _Cleaner, fd: int, out: int):
+    def __init__(self, options: CleanOptions, cleaner: _Cleaner, fd: int, out: Any):
         self.options = options
         self.cleaner = cleaner  # holds the merged fixes, redactions and rejections
         self.near = _index(options)
@@ -111,7 +111,7 @@ class _Merge:
         self.batch = -1
         self.batch_keys: set[bytes] = set()
         self.fd = fd  # the input, for the text of dropped duplicates
-        self.out = out  # the output's file descriptor
+        self.out = out  # the output file
         self.kept = 0
         self.read = 0
 
@@ -127,21 +127,19 @@ class _Merge:
             Rejected(line + base, reason, code, raw)
             for line, code, reason, raw in result["rejected"]
         ]
-        spill_fd = os.open(spill, os.O_RDONLY)
-        try:
-            dropped += self._dedupe(chunk, result, base, spill_fd)
-        finally:
-            os.close(spill_fd)
-            os.unlink(spill)
+        with open(spill, "rb") as f:
+            lines = f.read()
+        os.unlink(spill)
+        dropped += self._dedupe(chunk, result, base, memoryview(lines))
         dropped.sort(key=lambda r: r.line)
         cleaner.rejected += dropped
         self.read += result["lines"]
 
     def _dedupe(
-        self, chunk: Chunk, result: dict[str, Any], base: int, spill: int
+        self, chunk: Chunk, result: dict[str, Any], base: int, spill: memoryview
     ) -> list[Rejected]:
-        """Step 6 as `_Cleaner.run` does it; copies the kept examples' lines from `spill` to
-        the output and returns the dropped."""
+        """Step 6 as `_Cleaner.run` does it; writes the kept examples' lines (from `spill`, the
+        output lines of the chunk's examples) and returns the dropped."""
         dedupe, near, seen = self.options.dedupe, self.near, self.seen
         keys, offsets = result["keys"], result["offsets"].tolist()
         lines = array("l", result["item_lines"])
@@ -152,6 +150,7 @@ class _Merge:
         dropped: list[Rejected] = []
         run = 0  # the first item of the run of kept items not yet written
         batch, batch_keys = self.batch, self.batch_keys
+        write = self.out.write
         size = _clean.SIGNATURE_BATCH  # the in-process cleaner's batches of records
         for i, (line, key, row) in enumerate(zip(lines, keyed, rows, strict=True)):
             line += base
@@ -183,10 +182,10 @@ class _Merge:
                 code = "near_duplicate"
                 reason = f"near duplicate of line {found[0]} (Jaccard similarity {found[1]:.2f})"
             dropped.append(Rejected(line, reason, code, self._raw(chunk, result, line - base)))
-            _copy(spill, self.out, offsets[run], offsets[i] - offsets[run])
+            write(spill[offsets[run] : offsets[i]])
             self.kept += i - run
             run = i + 1
-        _copy(spill, self.out, offsets[run], offsets[len(lines)] - offsets[run])
+        write(spill[offsets[run] : offsets[len(lines)]])
         self.kept += len(lines) - run
         self.batch, self.batch_keys = batch, batch_keys
         if deferred and near is not None:
@@ -215,19 +214,6 @@ class _Merge:
         return raw.removesuffix(b"\r").decode("utf-8")
 
 
-def _copy(src: int, dst: int, offset: int, count: int) -> None:
-    """`count` bytes of `src` from `offset` appended to `dst` (in the kernel where it can)."""
-    while count > 0:
-        try:
-            n = os.copy_file_range(src, dst, count, offset)
-        except (AttributeError, OSError):  # no such call, or not across these file systems
-            n = os.write(dst, os.pread(src, min(count, 1 << 24), offset))
-        if n <= 0:
-            raise OSError(f"could not copy {count} bytes of a spill file")
-        offset += n
-        count -= n
-
-
 def clean_chunks(
     path: str | Path,
     out: Path,
@@ -247,7 +233,7 @@ def clean_chunks(
     fd = os.open(plan.path, os.O_RDONLY)
     try:
         with paused_gc(), atomic_write(rejects) as rf, atomic_write(out, "wb") as f:
-            merge = _Merge(options, cleaner, fd, f.fileno())
+            merge = _Merge(options, cleaner, fd, f)
             names = [os.path.join(spills, str(i)) for i in range(len(plan.chunks))]
             tasks = [(c, fmt, options, name) for c, name in zip(plan.chunks, names, strict=True)]
             results = run_chunks(clean_chunk, tasks, workers)

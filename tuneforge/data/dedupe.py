@@ -344,12 +344,12 @@ class NearDuplicateIndex:
         alone = np.ones(len(bands), dtype=bool)
         for j, table in enumerate(self._tables):
             column = bands[:, j]
-            _, inverse, counts = np.unique(column, return_inverse=True, return_counts=True)
-            alone &= counts[inverse] == 1
-            if table:
-                hits = table.keys() & set(column.tolist())
-                if hits:
-                    alone &= ~np.isin(column, np.fromiter(hits, np.uint64, len(hits)))
+            ordered = np.sort(column)
+            shared = ordered[1:][ordered[1:] == ordered[:-1]]
+            if len(shared):
+                alone &= ~np.isin(column, shared)
+            if table:  # one lookup per row (`keys() & set` would walk the whole table)
+                alone &= ~np.fromiter(map(table.__contains__, column.tolist()), bool, len(column))
         return alone
 
     def add_isolated(self, keys: list[int], bands: np.ndarray, shingles: list[np.ndarray]) -> None:
