@@ -3,8 +3,10 @@
 Generates a varied chat dataset (system prompts of several lengths, one to four turns, tool-free
 support and coding conversations, exact and near duplicates, broken lines), then times:
 
-- check: `read_dataset` + `validate` (what `tuneforge data check` does);
-- clean: `clean()` with exact and near-duplicate removal (what `tuneforge data clean` does);
+- check: `check_file` (`read_dataset` + `validate`, what `tuneforge data check` does, on every
+  core for a large JSON Lines file);
+- clean: `clean()` with exact and near-duplicate removal (what `tuneforge data clean` does, on
+  every core for a large JSON Lines file);
 - the peer: near-duplicate detection written the way datasketch's documentation shows it
   (`MinHash` updated with UTF-8 word-pair shingles, `MinHashLSH` query then insert), on a
   subset, against TuneForge's near-duplicate index on the same subset, at equal settings: the
@@ -12,12 +14,13 @@ support and coding conversations, exact and near duplicates, broken lines), then
   so both find a pair with the same probability. datasketch reports every LSH candidate;
   TuneForge confirms each by exact Jaccard similarity, so its count is of true near duplicates.
 
-Throughput is printed per wall-clock second and per CPU second of the process: on a shared
-machine the second is what the code costs (single-threaded, it is the wall time of a quiet one).
+Throughput is printed per wall-clock second and per CPU second (of the process and its worker
+processes together): on a shared machine the second is what the code costs. `--workers 1` runs
+both in-process, as before; the default uses one worker process per CPU.
 
 Usage:
     python benchmarks/data_pipeline.py [--examples 200000] [--peer-examples 20000] [--num-perm 64]
-        [--keep DIR]
+        [--workers N] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import random
 import re
+import resource
 import shutil
 import tempfile
 import time
@@ -199,18 +204,37 @@ def ours_near_dedupe(examples: list[dict], threshold: float, num_perm: int) -> t
     return duplicates, time.perf_counter() - started
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished worker processes."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _cpus() -> int:
+    from tuneforge.data.parallel import available_cpus
+
+    return available_cpus()
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=200_000)
     parser.add_argument("--peer-examples", type=int, default=20_000)
     parser.add_argument("--num-perm", type=int, default=64, help="MinHash permutations, both sides")
+    parser.add_argument("--workers", type=int, help="processes for check and clean (default: CPUs)")
     parser.add_argument("--keep", type=Path, help="keep the generated files in this folder")
     args = parser.parse_args()
 
     from tuneforge.data.clean import CleanOptions, clean
     from tuneforge.data.dedupe import lsh_params
-    from tuneforge.data.io import read_dataset
-    from tuneforge.data.validate import validate
+    from tuneforge.data.validate import check_file
 
     workdir = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
     try:
@@ -223,24 +247,27 @@ def main() -> None:
             f"({time.perf_counter() - started:.0f} s to generate): {counts}"
         )
 
-        started, cpu = time.perf_counter(), time.process_time()
-        report = validate(read_dataset(data))
-        check_s, check_cpu = time.perf_counter() - started, time.process_time() - cpu
+        print(f"machine: {_cpus()} CPUs, load average {_load()}")
+        started, cpu = time.perf_counter(), _cpu_seconds()
+        report = check_file(data, workers=args.workers)
+        check_s, check_cpu = time.perf_counter() - started, _cpu_seconds() - cpu
         print(
             f"check:  {args.examples / check_s:>9,.0f} examples/s, "
             f"{args.examples / check_cpu:>9,.0f} per CPU second  ({check_s:.1f} s; "
             f"{report.examples_valid} valid, {report.counts_by_severity['error']} errors)"
         )
 
-        started, cpu = time.perf_counter(), time.process_time()
-        result = clean(data, workdir / "chat.clean.jsonl", CleanOptions(near_dedupe=True))
-        clean_s, clean_cpu = time.perf_counter() - started, time.process_time() - cpu
+        started, cpu = time.perf_counter(), _cpu_seconds()
+        options = CleanOptions(near_dedupe=True, workers=args.workers)
+        result = clean(data, workdir / "chat.clean.jsonl", options)
+        clean_s, clean_cpu = time.perf_counter() - started, _cpu_seconds() - cpu
         print(
             f"clean:  {args.examples / clean_s:>9,.0f} examples/s, "
             f"{args.examples / clean_cpu:>9,.0f} per CPU second  ({clean_s:.1f} s; "
             f"kept {result.kept}, rejected {result.rejections}; every line accounted for: "
             f"{result.balanced})"
         )
+        print(f"load average after: {_load()}")
 
         with open(workdir / "chat.clean.jsonl", encoding="utf-8") as f:
             examples = [json.loads(line) for line in f]

@@ -51,6 +51,7 @@ from tuneforge.data.dedupe import NearDuplicateIndex, content_key, shingle_text
 from tuneforge.data.fixes import LengthCheck, fix_example
 from tuneforge.data.io import Format, LoadedDataset, Record, parse_format, paused_gc, read_dataset
 from tuneforge.data.lengths import Measure
+from tuneforge.data.parallel import plan_jsonl
 from tuneforge.data.pii import redact_pii
 from tuneforge.fsutil import atomic_write
 
@@ -72,6 +73,10 @@ FIX_LABELS: dict[str, str] = {
 }
 # File-wide reading problems that writing JSON Lines fixes.
 _FILE_FIXES = ("bom", "top_level_array", "pretty_printed_json")
+# Near-duplicate signatures are computed this many records at a time (vectorised); which
+# examples get one depends on it (the first of a content in its batch), so the parallel merge
+# (`clean_chunks`) follows the same batches.
+SIGNATURE_BATCH = 2048
 # How many line numbers the report keeps per fix, to show where it was applied.
 _FIX_LINES_SHOWN = 5
 
@@ -103,6 +108,9 @@ class CleanOptions:
     measure: Measure | None = None
     """Exact token counts (`tuneforge.tokenize.measure.token_measure`); None estimates
     characters / 4."""
+    workers: int | None = None
+    """Processes for a large JSON Lines file (None: one per CPU from 16 MiB on; 1: in-process).
+    The result is the same, line for line; with `measure`, cleaning stays in-process."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -114,6 +122,8 @@ class CleanOptions:
             problems.append(f"num_perm must be >= 8, got {self.num_perm}")
         if self.max_tokens is not None and self.max_tokens < 1:
             problems.append(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.workers is not None and self.workers < 1:
+            problems.append(f"workers must be >= 1, got {self.workers}")
         if self.too_long not in ("drop", "truncate"):
             problems.append(f"too_long must be 'drop' or 'truncate', got {self.too_long!r}")
         if problems:
@@ -130,7 +140,8 @@ class Rejected:
     raw: str
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # `asdict`, spelled out: it costs more than encoding the line.
+        return {"line": self.line, "reason": self.reason, "code": self.code, "raw": self.raw}
 
 
 @dataclass
@@ -285,7 +296,7 @@ class _Cleaner:
         seen: dict[bytes, int] = {}
         kept: list[_Kept] = []
         records = self.loaded.records
-        chunk = 2048  # near-duplicate signatures are computed a chunk at a time (vectorised)
+        chunk = SIGNATURE_BATCH
         for start in range(0, len(records), chunk):
             batch = [(r, self.example(r)) for r in records[start : start + chunk]]
             keys: list[bytes | None] = []
@@ -352,6 +363,12 @@ def clean(
     out = Path(out)
     rejects = Path(rejects) if rejects is not None else rejects_path(out)
     fmt = parse_format(options.format) if options.format is not None else None
+    if options.measure is None:
+        planned = plan_jsonl(path, fmt, options.workers)
+        if planned is not None:
+            from tuneforge.data.clean_chunks import clean_chunks  # it builds on this module
+
+            return clean_chunks(path, out, rejects, options, *planned, started)
     with paused_gc():
         loaded = read_dataset(
             path, fmt, prompt_col=prompt_col, completion_col=completion_col, text_col=text_col
@@ -368,7 +385,21 @@ def clean(
             f"internal error: {len(kept)} kept + {len(cleaner.rejected)} rejected != {read} read"
         )
     _write_outputs(out, rejects, kept, cleaner.rejected)
+    return clean_report(path, out, rejects, options, loaded, read, len(kept), cleaner, started)
 
+
+def clean_report(
+    path: str | Path,
+    out: Path,
+    rejects: Path,
+    options: CleanOptions,
+    loaded: LoadedDataset,
+    read: int,
+    kept: int,
+    cleaner: _Cleaner,
+    started: float,
+) -> CleanReport:
+    """The report of a finished run (`cleaner.rejected` in line order)."""
     rejections = Counter(r.code for r in cleaner.rejected)
     examples: dict[str, str] = {}
     for r in cleaner.rejected:
@@ -383,7 +414,7 @@ def clean(
         format=None if loaded.format is None else loaded.format.value,
         unit=loaded.unit,
         read=read,
-        kept=len(kept),
+        kept=kept,
         rejected=len(cleaner.rejected),
         fixes=dict(cleaner.fixes.most_common()),
         fix_lines={k: cleaner.fix_lines[k] for k in cleaner.fixes if k in cleaner.fix_lines},

@@ -155,6 +155,10 @@ def _powers(base: int, n: int) -> np.ndarray:
     return np.cumprod(out, dtype=np.uint32)
 
 
+# BASE**i and BASE**-i modulo 2**32 for i < len, grown as longer batches of text come.
+_POWERS: list[np.ndarray] = [_powers(_BASE, 1), _powers(_BASE_INV, 1)]
+
+
 @dataclass
 class Signature:
     """An example's MinHash, its LSH band keys, and its shingle hashes (to confirm exactly)."""
@@ -194,11 +198,9 @@ class NearDuplicateIndex:
         # Random odd multipliers folding a band's `rows` values into one 64-bit key.
         rng = np.random.default_rng(seed)
         self._band_mix = rng.integers(1, 1 << 63, size=self.rows, dtype=np.uint64) | np.uint64(1)
-        self._tables: list[dict[int, list[int]]] = [{} for _ in range(self.bands)]
+        self._tables: list[dict[int, int | list[int]]] = [{} for _ in range(self.bands)]
         self._shingles: dict[int, np.ndarray] = {}
         self._unique: set[int] = set()
-        self._pow = _powers(_BASE, 1)
-        self._pow_inv = _powers(_BASE_INV, 1)
 
     def __len__(self) -> int:
         return len(self._shingles)
@@ -213,17 +215,20 @@ class NearDuplicateIndex:
         # A separator byte between texts, so that no word spans two of them.
         data = np.frombuffer(b"\x00".join(encoded) + b"\x00", dtype=np.uint8)
         n = len(data)
-        if len(self._pow) < n + 1:
-            size = max(n + 1, 2 * len(self._pow))
-            self._pow, self._pow_inv = _powers(_BASE, size), _powers(_BASE_INV, size)
-        word = _WORD_BYTE[data]
+        if len(_POWERS[0]) < n + 1:  # shared by every index: each batch reuses them
+            size = max(n + 1, 2 * len(_POWERS[0]))
+            _POWERS[:] = _powers(_BASE, size), _powers(_BASE_INV, size)
+        pow_, pow_inv = _POWERS
+        word = _WORD_BYTE.take(data)  # `take`: a byte table lookup, faster than indexing
         edges = np.flatnonzero(np.diff(np.r_[False, word, False]))
         starts, ends = edges[0::2], edges[1::2]
         # Polynomial hash of each word from prefix sums: sum(c_i * BASE**i) over the word,
         # shifted to start at power 0 so the same word hashes the same anywhere.
-        prefix = np.zeros(n + 1, dtype=np.uint32)
-        np.cumsum(data * self._pow[:n], dtype=np.uint32, out=prefix[1:])
-        hashes = (prefix[ends] - prefix[starts]) * self._pow_inv[starts]
+        prefix = np.empty(n + 1, dtype=np.uint32)
+        prefix[0] = 0
+        np.multiply(data, pow_[:n], out=prefix[1:])
+        np.cumsum(prefix[1:], out=prefix[1:])
+        hashes = (prefix[ends] - prefix[starts]) * pow_inv[starts]
         text_starts = np.r_[0, np.cumsum(lengths + 1)[:-1]]
         owners = np.searchsorted(text_starts, starts, side="right") - 1
         return hashes, owners
@@ -295,7 +300,10 @@ class NearDuplicateIndex:
         for table, band in zip(self._tables, signature.bands, strict=True):
             found = table.get(band)
             if found is not None:
-                candidates.update(found)
+                if type(found) is int:
+                    candidates.add(found)
+                else:
+                    candidates.update(found)
         if not candidates:
             return None
         mine = np.unique(signature.shingles)
@@ -322,10 +330,33 @@ class NearDuplicateIndex:
         for table, band in zip(self._tables, signature.bands, strict=True):
             found = table.get(band)
             if found is None:
-                table[band] = [key]
+                table[band] = key  # most band keys stay unique: no list for them
+            elif type(found) is int:
+                table[band] = [found, key]
             else:
                 found.append(key)
         self._shingles[key] = signature.shingles
+
+    def isolated(self, bands: np.ndarray) -> np.ndarray:
+        """For rows of band keys (examples, bands), True where no band key is indexed or shared
+        with another row: such an example has no candidate, so `query` finds nothing for it
+        before or after any of the other rows is added, and `add_isolated` may add it later."""
+        alone = np.ones(len(bands), dtype=bool)
+        for j, table in enumerate(self._tables):
+            column = bands[:, j]
+            ordered = np.sort(column)
+            shared = ordered[1:][ordered[1:] == ordered[:-1]]
+            if len(shared):
+                alone &= ~np.isin(column, shared)
+            if table:  # one lookup per row (`keys() & set` would walk the whole table)
+                alone &= ~np.fromiter(map(table.__contains__, column.tolist()), bool, len(column))
+        return alone
+
+    def add_isolated(self, keys: list[int], bands: np.ndarray, shingles: list[np.ndarray]) -> None:
+        """`add` for many examples at once, each `isolated` among these and the indexed ones."""
+        for table, column in zip(self._tables, bands.T, strict=True):
+            table.update(zip(column.tolist(), keys, strict=True))
+        self._shingles.update(zip(keys, shingles, strict=True))
 
 
 # --- exact duplicates in bounded memory -----------------------------------------------------

@@ -25,16 +25,28 @@ Example:
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tuneforge.data.advice import PromptCompletionAdvice, prompt_completion_advice
 from tuneforge.data.check_chat import HAS_SYSTEM, HAS_USER
 from tuneforge.data.checks import CHECKERS, Checker
 from tuneforge.data.dedupe import ExactDuplicates, content_key
-from tuneforge.data.io import Format, LoadedDataset, Problem, Record, StreamedDataset, paused_gc
+from tuneforge.data.io import (
+    Format,
+    LoadedDataset,
+    Problem,
+    Record,
+    StreamedDataset,
+    jsonl_lines,
+    paused_gc,
+    read_dataset,
+)
 from tuneforge.data.lengths import Measure, token_lengths
+from tuneforge.data.parallel import Chunk, plan_jsonl, read_chunk, run_chunks
 from tuneforge.data.problems import MIN_EXAMPLES, RECOMMENDED_EXAMPLES, kind_of, problem
 from tuneforge.data.report import ProblemSample, Report
 
@@ -144,13 +156,44 @@ def _validate(
         first = first_seen.setdefault(content_key(record.data), line)
         if first != line:
             add(problem("duplicate_example", f"the same example as line {first}", line))
-    valid = counts.valid
+    return _report(
+        loaded.path,
+        fmt,
+        loaded.unit,
+        bool(loaded.records),
+        problems,
+        counts,
+        len(first_seen),
+        valid_examples,
+        measure,
+        max_tokens,
+        min_examples,
+    )
 
+
+def _report(
+    path: Path,
+    fmt: Format | None,
+    unit: str,
+    any_records: bool,
+    problems: list[Problem],
+    counts: _Counts,
+    unique: int,
+    valid_examples: list[tuple[int, dict]],
+    measure: Measure | None,
+    max_tokens: int | None,
+    min_examples: int,
+) -> Report:
+    """The whole-file checks after the per-line ones, and the report (`problems` in line order).
+
+    `valid_examples` are needed for prompt-completion advice and token lengths only.
+    """
+    valid = counts.valid
     stats: dict[str, Any] = {}
     if fmt in (Format.CHAT, Format.PREFERENCE):
         stats["examples_without_system"] = counts.no_system
         stats["examples_without_user"] = counts.no_user
-    stats["duplicates"] = valid - len(first_seen)
+    stats["duplicates"] = valid - unique
 
     if fmt is Format.PROMPT_COMPLETION and len(valid_examples) >= 2:
         problems += prompt_completion_advice([obj for _, obj in valid_examples])
@@ -159,22 +202,107 @@ def _validate(
         tokens, failed = token_lengths(valid_examples, fmt, measure, max_tokens, problems)
         valid -= failed
 
-    if loaded.records or not any(p.code == "empty_file" for p in problems):
+    if any_records or not any(p.code == "empty_file" for p in problems):
         few = _too_few(valid, min_examples)
         if few is not None:
             problems.append(few)
 
     problems.sort(key=lambda p: (p.line is not None, p.line or 0))
     return Report(
-        path=str(loaded.path),
+        path=str(path),
         format=fmt,
-        unit=loaded.unit,
+        unit=unit,
         examples_read=counts.read,
         examples_valid=valid,
         problems=problems,
         stats=stats,
         tokens=tokens,
     )
+
+
+# --- a large JSON Lines file on several cores -------------------------------------------------
+
+
+def check_file(
+    path: str | Path,
+    format: Format | str | None = None,
+    *,
+    prompt_col: str | None = None,
+    completion_col: str | None = None,
+    text_col: str | None = None,
+    measure: Measure | None = None,
+    max_tokens: int | None = None,
+    min_examples: int = MIN_EXAMPLES,
+    workers: int | None = None,
+) -> Report:
+    """`validate(read_dataset(path, format, ...), ...)`, on several cores for a large file.
+
+    A JSON Lines file of at least `parallel.MIN_PARALLEL_BYTES` is split into runs of lines
+    that worker processes parse and check; the report is the same, problem for problem.
+    `workers`: processes to use (None: one per CPU for a large file; 1: in-process). Token
+    lengths (`measure`, `max_tokens`), prompt-completion advice and files that are not plain
+    JSON Lines are checked in-process.
+
+    Raises:
+        DatasetError: as `read_dataset`.
+    """
+    planned = None
+    if measure is None and max_tokens is None:
+        planned = plan_jsonl(path, format, workers)
+    if planned is None or planned[0].format is Format.PROMPT_COMPLETION:
+        loaded = read_dataset(
+            path, format, prompt_col=prompt_col, completion_col=completion_col, text_col=text_col
+        )
+        return validate(loaded, measure=measure, max_tokens=max_tokens, min_examples=min_examples)
+    plan, n = planned
+    fmt = plan.format
+    problems = list(plan.file_problems)
+    add = problems.append
+    counts = _Counts()
+    first_seen: dict[bytes, int] = {}
+    base = 0  # lines before the chunk
+    with paused_gc():
+        tasks = [(chunk, fmt) for chunk in plan.chunks]
+        for lines, chunk_counts, found, keys, valid_lines in run_chunks(_check_chunk, tasks, n):
+            for name in ("records", "read", "valid", "no_system", "no_user"):
+                setattr(counts, name, getattr(counts, name) + getattr(chunk_counts, name))
+            for code, message, fix, line, severity, column in found:
+                add(Problem(code, message, fix, line + base, severity, column))
+            for i, line in enumerate(array("l", valid_lines)):
+                line += base
+                first = first_seen.setdefault(keys[16 * i : 16 * i + 16], line)
+                if first != line:
+                    add(problem("duplicate_example", f"the same example as line {first}", line))
+            base += lines
+        return _report(
+            plan.path,
+            fmt,
+            "line",
+            base > 0,
+            problems,
+            counts,
+            len(first_seen),
+            [],
+            None,
+            None,
+            min_examples,
+        )
+
+
+def _check_chunk(chunk: Chunk, fmt: Format) -> tuple[int, _Counts, list[tuple], bytes, bytes]:
+    """A worker's part of `check_file`: (lines, counts, problems as tuples, the content keys of
+    the valid examples, their line numbers as an `array("l")`); lines count from 1."""
+    with paused_gc():
+        records = jsonl_lines(read_chunk(chunk))
+        found: list[Problem] = []
+        counts = _Counts()
+        keys = bytearray()
+        lines = array("l")
+        for record in _checked(records, CHECKERS[fmt], found.append, counts):
+            keys += content_key(record.data)
+            lines.append(record.line)
+        problems = [(p.code, p.message, p.fix, p.line, p.severity, p.column) for p in found]
+        return len(records), counts, problems, bytes(keys), lines.tobytes()
 
 
 # --- bounded memory (server uploads) ---------------------------------------------------------
