@@ -36,23 +36,29 @@ def data_check(
     limit: int = typer.Option(50, "--limit", min=0, help="How many problems to list (0: all)."),
 ) -> None:
     """Validate every example; exit 1 when training would fail on the file, 2 when unreadable."""
-    from tuneforge.data.io import DatasetError, read_dataset
+    from tuneforge.data.io import DatasetError
     from tuneforge.data.printing import print_report
-    from tuneforge.data.validate import validate
+    from tuneforge.data.validate import check_file
     from tuneforge.tokenize.measure import context_limit, token_measure
 
-    try:
-        loaded = read_dataset(
-            file, format, prompt_col=prompt_col, completion_col=completion_col, text_col=text_col
-        )
-    except DatasetError as e:
-        fail(e, 2, as_json, path=str(file))
     tokenizer = load_tokenizer_or_exit(model, as_json, path=str(file))
     measure = None
     if tokenizer is not None:
         measure = token_measure(tokenizer)
         max_tokens = max_tokens or context_limit(tokenizer)
-    report = validate(loaded, measure=measure, max_tokens=max_tokens)
+    try:
+        # A large JSON Lines file is checked on every core (same report, line for line).
+        report = check_file(
+            file,
+            format,
+            prompt_col=prompt_col,
+            completion_col=completion_col,
+            text_col=text_col,
+            measure=measure,
+            max_tokens=max_tokens,
+        )
+    except DatasetError as e:
+        fail(e, 2, as_json, path=str(file))
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(limit or None)) + "\n")
     else:

@@ -1,5 +1,8 @@
 """Cleaning a dataset: fix what is safe, drop what is not, deduplicate, filter, redact.
 
+(Just over 500 lines: the options, the one pipeline both the in-process and the parallel
+paths share, and its report, kept together so the accounting of every line reads in one file.)
+
 `clean(path, out, options)` reads a dataset (any format `read_dataset` reads) and writes two
 JSON Lines files, atomically: the cleaned examples to `out`, and every dropped line to
 `out.rejects.jsonl` as `{"line", "reason", "code", "raw"}`. Every line read ends in exactly one
