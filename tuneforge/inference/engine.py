@@ -56,6 +56,7 @@ from tuneforge.inference.params import (
 )
 from tuneforge.inference.registry import ModelEntry
 from tuneforge.inference.residency import LoadedModel, Residency
+from tuneforge.modeling.dtype import DTypeChoice, resolve_dtype
 
 __all__ = [
     "Engine",
@@ -76,7 +77,7 @@ _Joining = tuple[GenerationRequest, RequestStream, str | None]  # with the reque
 class EngineConfig:
     """Engine knobs (a subset of `ServerSettings`, which the engine does not import)."""
 
-    dtype: str = "fp32"
+    dtype: str = "auto"  # resolved by `tuneforge.modeling.dtype.resolve_dtype`
     device: str | None = None
     max_batch_size: int = 16
     max_queue: int = 64
@@ -101,6 +102,8 @@ class Engine:
         self.device = torch.device(
             config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         )
+        # What the models are held in, decided by `load` ("auto": bf16 where it is fast).
+        self.dtype: DTypeChoice | None = None
         self._models = Residency(
             base,
             self.device,
@@ -132,12 +135,15 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the base model (blocking). Sets `ready`, or `failed` with the reason."""
+        """Resolve the dtype and load the base model (blocking). Sets `ready`, or `failed`
+        with the reason."""
         if self.ready:
             return
-        if self.config.torch_threads:
+        if self.config.torch_threads:  # before the dtype probe, whose verdict depends on it
             torch.set_num_threads(self.config.torch_threads)
         try:
+            self.dtype = resolve_dtype(self.config.dtype, self.device)
+            self._models.dtype = self.dtype.name
             self._models.load_base()
         except Exception as err:
             self.failed = f"loading {self._models.base_source} failed: {err}"
