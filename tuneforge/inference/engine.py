@@ -43,10 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from tuneforge.inference.decoding import Decoder, start_seqs
-from tuneforge.inference.lanes import left_pad, select_rows
+from tuneforge.inference.lanes import left_pad, new_cache, select_rows
 from tuneforge.inference.params import (
     EngineError,
     GenerationRequest,
@@ -344,7 +343,7 @@ class Engine:
         dev = m.device
         ids, mask, positions = left_pad([r.prompt_ids for r, _, _ in items], m.pad_id)
         ids, mask, positions = ids.to(dev), mask.to(dev), positions.to(dev)
-        cache = DynamicCache()
+        cache = new_cache()
         logits = m.forward(ids, mask, positions, cache, [a for _, _, a in items])
         # One row per choice: the n choices of a request share its prompt's cache.
         rows = [i for i, (r, _, _) in enumerate(items) for _ in range(r.n)]
