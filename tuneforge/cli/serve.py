@@ -25,7 +25,7 @@ def serve(
     api_keys_file: Path | None = typer.Option(
         None, "--api-keys-file", help='JSON file mapping key -> organization: {"sk-..": "org"}.'
     ),
-    dtype: str | None = typer.Option(None, "--dtype", help="fp32, bf16 or fp16."),
+    dtype: str | None = typer.Option(None, "--dtype", help="auto, fp32, bf16 or fp16."),
     device: str | None = typer.Option(None, "--device", help="torch device (default: auto)."),
     max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="Rows per step."),
     max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting requests before 429."),

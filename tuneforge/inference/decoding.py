@@ -77,6 +77,11 @@ def start_seqs(
     return seqs
 
 
+def _row(probs: torch.Tensor | None, row: int) -> torch.Tensor | None:
+    """One row of the sampling probabilities (None when no row of the batch samples)."""
+    return probs[row] if probs is not None else None
+
+
 class Decoder:
     """Chooses tokens and emits deltas; holds nothing per model (the `Vocab` is passed in)."""
 
@@ -98,30 +103,54 @@ class Decoder:
         """
         dev = logits.device
         params = [s.request.params for s in seqs]
-        raw_logprobs = torch.log_softmax(logits, dim=-1)
-        penalised = adjusted_logits(
-            biased_logits(logits, [p.logit_bias for p in params]),
-            counts,
-            torch.tensor([p.presence_penalty for p in params], device=dev),
-            torch.tensor([p.frequency_penalty for p in params], device=dev),
-        )
-        temperature = torch.tensor([p.temperature for p in params], device=dev)
-        probs = probabilities(
-            penalised, temperature, torch.tensor([p.top_p for p in params], device=dev)
-        )
-        chosen: list[int] = []
+        chosen = self._greedy(seqs, logits)
+        if chosen is None:  # some row samples, is penalised, biased or constrained
+            penalised = adjusted_logits(
+                biased_logits(logits, [p.logit_bias for p in params]),
+                counts,
+                torch.tensor([p.presence_penalty for p in params], device=dev),
+                torch.tensor([p.frequency_penalty for p in params], device=dev),
+            )
+            probs: Any = None
+            if any(p.temperature > 0 for p in params):
+                temperature = torch.tensor([p.temperature for p in params], device=dev)
+                top_p = torch.tensor([p.top_p for p in params], device=dev)
+                probs = probabilities(penalised, temperature, top_p)
+            chosen = [
+                self._choose(vocab, eos, seq, row, probs, penalised) for row, seq in enumerate(seqs)
+            ]
+        rows = torch.arange(len(seqs), device=dev)
+        tokens = torch.tensor(chosen, device=dev)
+        counts[rows, tokens] += 1  # (rows are distinct: one token each)
+        raw_logprobs = None
+        if any(p.logprobs is not None for p in params):
+            raw_logprobs = torch.log_softmax(logits, dim=-1)
         out: dict[int, tuple[RequestStream, list[Delta]]] = {}
         for row, seq in enumerate(seqs):
-            token = self._choose(vocab, eos, seq, row, probs, penalised)
-            chosen.append(token)
-            counts[row, token] += 1
-            delta = self._advance(vocab, seq, token, raw_logprobs[row])
+            row_logprobs = raw_logprobs[row] if raw_logprobs is not None else None
+            delta = self._advance(vocab, seq, chosen[row], row_logprobs)
             out.setdefault(id(seq.stream), (seq.stream, []))[1].append(delta)
         for stream, deltas in out.values():
             stream.push(deltas)
             if stream.remaining == 0:
                 stream.finish()
-        return torch.tensor(chosen, device=dev)
+        return tokens
+
+    @staticmethod
+    def _greedy(seqs: list[Seq], logits: torch.Tensor) -> list[int] | None:
+        """Every row's argmax in one op (and one sync), when every row is plain greedy:
+        temperature 0, no penalty, no bias, no JSON constraint. None otherwise."""
+        for s in seqs:
+            p = s.request.params
+            if (
+                p.temperature != 0
+                or p.logit_bias
+                or p.presence_penalty
+                or p.frequency_penalty
+                or s.json_state is not None
+            ):
+                return None
+        return logits.argmax(dim=-1).tolist()
 
     def _choose(
         self, vocab: Vocab, eos: frozenset[int], seq: Seq, row: int, probs: Any, penalised: Any
@@ -129,7 +158,7 @@ class Decoder:
         params = seq.request.params
         greedy = params.temperature == 0
         if seq.json_state is None:
-            chosen = draw(probs[row], penalised[row], greedy, seq.generator)
+            chosen = draw(_row(probs, row), penalised[row], greedy, seq.generator)
             assert chosen is not None  # None only when `allowed` rejects every token
             return chosen
         table = vocab.bytes_table()
@@ -152,7 +181,7 @@ class Decoder:
                 return False
             return self._json.is_done(state) or len(self._json.closing(state)) <= budget - 1
 
-        token = draw(probs[row], penalised[row], greedy, seq.generator, allowed)
+        token = draw(_row(probs, row), penalised[row], greedy, seq.generator, allowed)
         if token is None:  # nothing valid: close the object now
             closing = self._json.closing(seq.json_state)
             seq.forced = [single[b] for b in closing if b in single]
@@ -160,13 +189,14 @@ class Decoder:
             return seq.forced.pop(0) if seq.forced else next(iter(eos), 0)
         return token
 
-    def _advance(self, vocab: Vocab, seq: Seq, token: int, logprobs: torch.Tensor) -> Delta:
+    def _advance(self, vocab: Vocab, seq: Seq, token: int, logprobs: torch.Tensor | None) -> Delta:
         """Record `token` for `seq`; the Delta to send (text, logprobs, finish reason)."""
         params = seq.request.params
         seq.generated.append(token)
         seq.stream.completion_tokens += 1
         delta = Delta(index=seq.index, token_ids=[token])
         if params.logprobs is not None:
+            assert logprobs is not None
             top: tuple[tuple[int, float], ...] = ()
             if params.logprobs > 0:
                 values, ids = logprobs.topk(params.logprobs)

@@ -43,10 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from tuneforge.inference.decoding import Decoder, start_seqs
-from tuneforge.inference.lanes import left_pad, select_rows
+from tuneforge.inference.lanes import left_pad, new_cache, select_rows
 from tuneforge.inference.params import (
     EngineError,
     GenerationRequest,
@@ -56,6 +55,7 @@ from tuneforge.inference.params import (
 )
 from tuneforge.inference.registry import ModelEntry
 from tuneforge.inference.residency import LoadedModel, Residency
+from tuneforge.modeling.dtype import DTypeChoice, resolve_dtype
 
 __all__ = [
     "Engine",
@@ -76,7 +76,7 @@ _Joining = tuple[GenerationRequest, RequestStream, str | None]  # with the reque
 class EngineConfig:
     """Engine knobs (a subset of `ServerSettings`, which the engine does not import)."""
 
-    dtype: str = "fp32"
+    dtype: str = "auto"  # resolved by `tuneforge.modeling.dtype.resolve_dtype`
     device: str | None = None
     max_batch_size: int = 16
     max_queue: int = 64
@@ -101,6 +101,8 @@ class Engine:
         self.device = torch.device(
             config.device or ("cuda" if torch.cuda.is_available() else "cpu")
         )
+        # What the models are held in, decided by `load` ("auto": bf16 where it is fast).
+        self.dtype: DTypeChoice | None = None
         self._models = Residency(
             base,
             self.device,
@@ -132,12 +134,15 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the base model (blocking). Sets `ready`, or `failed` with the reason."""
+        """Resolve the dtype and load the base model (blocking). Sets `ready`, or `failed`
+        with the reason."""
         if self.ready:
             return
-        if self.config.torch_threads:
+        if self.config.torch_threads:  # before the dtype probe, whose verdict depends on it
             torch.set_num_threads(self.config.torch_threads)
         try:
+            self.dtype = resolve_dtype(self.config.dtype, self.device)
+            self._models.dtype = self.dtype.name
             self._models.load_base()
         except Exception as err:
             self.failed = f"loading {self._models.base_source} failed: {err}"
@@ -338,7 +343,7 @@ class Engine:
         dev = m.device
         ids, mask, positions = left_pad([r.prompt_ids for r, _, _ in items], m.pad_id)
         ids, mask, positions = ids.to(dev), mask.to(dev), positions.to(dev)
-        cache = DynamicCache()
+        cache = new_cache()
         logits = m.forward(ids, mask, positions, cache, [a for _, _, a in items])
         # One row per choice: the n choices of a request share its prompt's cache.
         rows = [i for i, (r, _, _) in enumerate(items) for _ in range(r.n)]

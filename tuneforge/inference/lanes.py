@@ -8,6 +8,8 @@ steps. Everything here is tensor bookkeeping; what a row *is* (the engine's sequ
 opaque to it.
 
     cache:       per layer keys / values (B, heads, T, head_dim), a transformers `DynamicCache`
+                 whose layers keep spare columns (`new_cache`), so a decode step writes its
+                 column in place instead of copying the whole cache
     mask:        (B, T) 1 for real tokens
     positions:   (B,) position id of each row's next token
     next_tokens: (B,) the token each row feeds at the next step
@@ -25,6 +27,9 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+SPARE_COLUMNS = 128  # columns a cache layer reserves beyond what it holds
 
 
 def left_pad(
@@ -60,6 +65,61 @@ def pad_left_2d(t: torch.Tensor, width: int) -> torch.Tensor:
     if missing == 0:
         return t
     return torch.cat([t.new_zeros((t.shape[0], missing)), t], dim=1)
+
+
+class GrowingLayer(DynamicLayer):
+    """A `DynamicLayer` whose keys and values are views of buffers with spare columns.
+
+    `DynamicLayer.update` concatenates, copying the whole cache at every decode step; this one
+    writes the new columns into the buffers' spare room and hands back longer views. When
+    the lane replaces `keys` / `values` (rows join or leave, columns are trimmed) the next
+    update moves them into fresh buffers, with room again.
+    """
+
+    _views: tuple[torch.Tensor, torch.Tensor] | None = None
+    _used = 0
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self._used + key_states.shape[-2]
+        views = self._views
+        if views is None or views[0] is not self.keys or views[1] is not self.values:
+            self._adopt(key_states, value_states)  # keys / values were replaced (or unset)
+            end = self._used + key_states.shape[-2]
+        elif end > self._kbuf.shape[2]:
+            self._adopt(key_states, value_states)
+        self._kbuf[:, :, self._used : end] = key_states
+        self._vbuf[:, :, self._used : end] = value_states
+        self._used = end
+        self.keys, self.values = self._kbuf[:, :, :end], self._vbuf[:, :, :end]
+        self._views = (self.keys, self.values)
+        return self.keys, self.values
+
+    def _adopt(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Move the held keys / values into buffers with room for the new states and more."""
+        held = self.keys.shape[2] if self.keys.dim() == 4 else 0
+        capacity = held + key_states.shape[2] + SPARE_COLUMNS
+        self._kbuf = _buffer(self.keys if held else key_states, capacity)
+        self._vbuf = _buffer(self.values if held else value_states, capacity)
+        if held:
+            self._kbuf[:, :, :held] = self.keys
+            self._vbuf[:, :, :held] = self.values
+        self._used = held
+
+
+def _buffer(like: torch.Tensor, columns: int) -> torch.Tensor:
+    """An uninitialised (B, H, columns, D) tensor like `like` (B, H, T, D)."""
+    return like.new_empty((like.shape[0], like.shape[1], columns, like.shape[3]))
+
+
+def new_cache() -> DynamicCache:
+    """An empty cache for a prefill whose layers are `GrowingLayer`s."""
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = GrowingLayer
+    return cache
 
 
 def _layers(cache: DynamicCache) -> list[Any]:

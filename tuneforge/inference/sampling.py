@@ -66,7 +66,7 @@ def probabilities(
 
 
 def draw(
-    probs: torch.Tensor,  # (V,) one row
+    probs: torch.Tensor | None,  # (V,) one row; None only when greedy
     logits: torch.Tensor,  # (V,) the row's penalised logits (for greedy)
     greedy: bool,
     generator: torch.Generator | None,
@@ -82,10 +82,12 @@ def draw(
     if allowed is None:
         if greedy:
             return int(logits.argmax())
+        assert probs is not None
         return int(torch.multinomial(probs, 1, generator=generator))
     if greedy:
         order = logits.argsort(descending=True).tolist()
         return next((t for t in order if allowed(t)), None)
+    assert probs is not None
     probs = probs.clone()
     for _ in range(max_rejections):
         if float(probs.sum()) <= 0:

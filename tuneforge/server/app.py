@@ -209,6 +209,16 @@ def _load(engine: Engine) -> None:
         engine.start()
     except Exception:  # surfaced by /health as "failed"
         log.exception("loading the base model failed")
+        return
+    assert engine.dtype is not None
+    # uvicorn's own channel: the one `tuneforge serve` prints at info level.
+    logging.getLogger("uvicorn.error").info(
+        "serving %s on %s in %s (%s)",
+        engine.base.id,
+        engine.device,
+        engine.dtype.name,
+        engine.dtype.reason,
+    )
 
 
 def _version() -> str:
