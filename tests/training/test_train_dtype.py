@@ -148,3 +148,16 @@ def test_real_model_lora_bf16_follows_fp32(smollm2, tmp_path):
             frozen = {p.dtype for p in recipe.model.parameters() if not p.requires_grad}
             assert frozen == {torch.bfloat16}
     assert curves["bf16"] == pytest.approx(curves["fp32"], rel=CURVE_RTOL)
+
+
+def test_eval_loads_in_the_resolved_dtype(monkeypatch, tmp_path, tiny_model_dir):
+    from tuneforge.evaluation import load_for_eval
+
+    monkeypatch.setenv("TUNEFORGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(dtype_probe, "measure_bf16_speedup", lambda: 3.0)
+    loaded = load_for_eval(tiny_model_dir)  # "auto"
+    assert (loaded.dtype, loaded.dtype_reason) == (
+        "bf16",
+        "bf16 matmul 3.0x fp32 on this CPU (probe)",
+    )
+    assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
