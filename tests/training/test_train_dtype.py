@@ -147,7 +147,12 @@ def test_real_model_lora_bf16_follows_fp32(smollm2, tmp_path):
         if name == "bf16":
             frozen = {p.dtype for p in recipe.model.parameters() if not p.requires_grad}
             assert frozen == {torch.bfloat16}
-    assert curves["bf16"] == pytest.approx(curves["fp32"], rel=CURVE_RTOL)
+    # Step 1 runs the same weights: bf16 forward precision alone (measured 0.4%). Step 2
+    # follows one AdamW step, whose first update is about lr x sign(gradient): elements whose
+    # gradient is rounding noise move by the full LR either way (measured 6.4%).
+    assert curves["bf16"][0] == pytest.approx(curves["fp32"][0], rel=1e-2)
+    assert curves["bf16"][1] == pytest.approx(curves["fp32"][1], rel=0.1)
+    assert curves["bf16"][1] < curves["bf16"][0] - 0.5  # and it learns as much, roughly
 
 
 def test_eval_loads_in_the_resolved_dtype(monkeypatch, tmp_path, tiny_model_dir):
