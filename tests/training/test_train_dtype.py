@@ -166,3 +166,18 @@ def test_eval_loads_in_the_resolved_dtype(monkeypatch, tmp_path, tiny_model_dir)
         "bf16 matmul 3.0x fp32 on this CPU (probe)",
     )
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
+
+
+def test_bf16_lora_classifier_trains_its_new_head_in_fp32(tiny_model_dir, tmp_path):
+    from test_train_classify import _write
+
+    train = _write(tmp_path / "train.jsonl", 16, 0)
+    extra = {"method": "lora", "task": "classify", "model.dtype": "bf16"}
+    recipe = _prepared(make_config(tiny_model_dir, train, tmp_path / "out", **extra))
+    stats = recipe.optimizer_step(recipe.plan.epoch_batches(0)[0])
+    assert stats["train_loss"] > 0
+    trained, frozen, state = _dtypes(recipe)
+    assert trained == state == {torch.float32} and frozen == {torch.bfloat16}
+    assert any(
+        "modules_to_save" in n for n, p in recipe.model.named_parameters() if p.requires_grad
+    )
