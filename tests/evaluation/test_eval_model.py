@@ -20,7 +20,7 @@ from tuneforge.training.loss import causal_lm_loss
 
 @pytest.fixture(scope="module")
 def base(tiny_model_dir):
-    return load_for_eval(tiny_model_dir)
+    return load_for_eval(tiny_model_dir, "fp32")
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_adapter_folder_loads_on_its_base(tiny_model_dir, tiny_tokenizer, tmp_pa
     with torch.no_grad():
         expected = peft(input_ids=ids).logits
     # Without a tokenizer of its own, the adapter uses its base's.
-    loaded = load_for_eval(tmp_path / "adapter")
+    loaded = load_for_eval(tmp_path / "adapter", "fp32")
     assert loaded.is_adapter and loaded.base == str(tiny_model_dir)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(input_ids=ids).logits, expected)

@@ -38,6 +38,7 @@ def toy_eval(toy_finetune, tmp_path_factory):
         blocklist=root / "blocklist.txt",
         metrics=[f"{root / 'metric.py'}:mentions_paris"],
         n_boot=300,
+        dtype="fp32",  # as trained (toy.py): the eval loss must equal training's valid_loss
     )
     result = run_eval(
         model, holdout, general=root / "general.txt", out_dir=root / "out", settings=settings

@@ -45,6 +45,7 @@ def train_toy(base: Path, train: Path, out: Path, **overrides) -> Path:
         "optim.batch_size": 4,
         "optim.lr": 1e-2,
         "optim.warmup": 0,
+        "model.dtype": "fp32",  # exact, whatever the machine's fast path
         **overrides,
     }
     run_training(load_config(None, values), Console(file=io.StringIO()))

@@ -22,7 +22,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, chat
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     cmd += ["-m", "tuneforge", "train", "--model", str(tiny_model_dir), "--train", str(train)]
     cmd += ["--output", str(ddp), "--method", "full", "--batch-size", "4", "--epochs", "1"]
-    cmd += ["--lr", "1e-3", "--set", "optim.warmup=0"]
+    cmd += ["--lr", "1e-3", "--set", "optim.warmup=0", "--dtype", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

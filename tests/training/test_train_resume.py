@@ -32,6 +32,7 @@ def _cli_args(cfg_dir: Path, train: Path, out: Path) -> list[str]:
     args += ["--train", str(train), "--output", str(out), "--method", "lora"]
     args += ["--epochs", "2", "--batch-size", "2", "--lr", "1e-3", "--save-every", "3"]
     args += ["--seed", "7", "--set", "lora.dropout=0.1", "--set", "optim.warmup=0"]
+    args += ["--dtype", "fp32"]  # as the in-process reference (make_config)
     return args
 
 

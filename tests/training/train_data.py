@@ -52,6 +52,8 @@ def make_config(model_dir, train, out, **overrides):
         "optim.batch_size": 8,
         "optim.lr": 1e-3,
         "optim.warmup": 0,
+        # Exact fp32 unless a test asks otherwise ("auto" is bf16 on a CPU with fast bf16).
+        "model.dtype": "fp32",
     }
     values.update(overrides)
     return load_config(None, values)

@@ -36,7 +36,7 @@ def eval_(
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Prompts generated together."),
     no_generate: bool = typer.Option(False, "--no-generate", help="Likelihood metrics only."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and of sampling."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32, bf16 or fp16."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, fp32, bf16 or fp16."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Report folder (default: <model>/eval)."
     ),

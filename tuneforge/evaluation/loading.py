@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from tuneforge.modeling.dtype import resolve_dtype
 from tuneforge.modeling.folder import (
     TOKENIZER_FILES,
     ManifestError,
@@ -33,6 +34,8 @@ class LoadedModel:
     base: str | None  # the base model of an adapter or a TuneForge fine-tune, when known
     is_adapter: bool
     manifest: dict[str, Any]  # tuneforge.json, or {}
+    dtype: str = "fp32"  # the weights' dtype ("auto" resolved)
+    dtype_reason: str = ""  # why that dtype (`tuneforge.modeling.dtype.DTypeChoice`)
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -57,9 +60,10 @@ def base_model_of(folder: str | Path) -> str | None:
 
 
 def load_for_eval(
-    name_or_path: str | Path, dtype: str = "fp32", device: str | torch.device | None = None
+    name_or_path: str | Path, dtype: str = "auto", device: str | torch.device | None = None
 ) -> LoadedModel:
-    """Load a model and tokenizer for evaluation, in eval mode.
+    """Load a model and tokenizer for evaluation, in eval mode, with weights in `dtype`
+    ("auto": bf16 where the device multiplies bf16 fast, see `tuneforge.modeling.dtype`).
 
     A folder with `adapter_config.json` is a PEFT adapter: its base comes from
     `base_model_name_or_path` (or the folder's `tuneforge.json`), and the tokenizer from the
@@ -88,24 +92,30 @@ def load_for_eval(
                 f"{name}: the model folder has no tokenizer ({' / '.join(TOKENIZER_FILES[:2])}); "
                 "save it next to the weights with tokenizer.save_pretrained(folder)"
             )
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        choice = resolve_dtype(dtype, device)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
     base: str | None
     try:
         if is_adapter:
-            model, tokenizer, base = _load_adapter(path)
+            model, tokenizer, base = _load_adapter(path, choice.name)
         else:
-            model, tokenizer = load_model_and_tokenizer(name, dtype=dtype)
+            model, tokenizer = load_model_and_tokenizer(name, dtype=choice.name)
             base = manifest.get("base_model")
     except EvalError:
         raise
     except (OSError, ValueError) as e:
         raise EvalError(f"cannot load model {name!r}: {e}") from e
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
-    return LoadedModel(model, tokenizer, name, base, is_adapter, manifest)
+    return LoadedModel(
+        model, tokenizer, name, base, is_adapter, manifest, choice.name, choice.reason
+    )
 
 
-def _load_adapter(path: Path) -> tuple[Any, Any, str]:
+def _load_adapter(path: Path, dtype: str = "fp32") -> tuple[Any, Any, str]:
     from peft import PeftModel
 
     base = base_model_of(path)
@@ -115,7 +125,7 @@ def _load_adapter(path: Path) -> tuple[Any, Any, str]:
             "adapter_config.json, no base_model in tuneforge.json)"
         )
     try:
-        model, tokenizer = load_model_and_tokenizer(base)
+        model, tokenizer = load_model_and_tokenizer(base, dtype=dtype)
     except (OSError, ValueError) as e:
         raise EvalError(f"{path}: cannot load the adapter's base model {base!r}: {e}") from e
     if has_tokenizer(path):

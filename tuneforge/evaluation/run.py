@@ -70,8 +70,8 @@ class EvalSettings:
     """Bootstrap resamples for the confidence intervals."""
     seed: int = 0
     """Seed of the bootstrap (and of sampling, when enabled)."""
-    dtype: str = "fp32"
-    """fp32, bf16 or fp16 weights."""
+    dtype: str = "auto"
+    """auto, fp32, bf16 or fp16 weights (auto: bf16 where the device multiplies it fast)."""
     device: str | None = None
     """cuda, cpu, ...; None: cuda when available."""
 
@@ -87,8 +87,8 @@ class EvalSettings:
             problems.append("n_boot must be at least 100")
         if self.train_on not in (None, "assistant", "last_assistant", "all"):
             problems.append(f"train_on {self.train_on!r}: choose assistant, last_assistant, all")
-        if self.dtype not in ("fp32", "bf16", "fp16"):
-            problems.append(f"dtype {self.dtype!r}: choose fp32, bf16 or fp16")
+        if self.dtype not in ("auto", "fp32", "bf16", "fp16"):
+            problems.append(f"dtype {self.dtype!r}: choose auto, fp32, bf16 or fp16")
         if self.blocklist is not None and not Path(self.blocklist).is_file():
             problems.append(f"blocklist {self.blocklist}: no such file")
         if problems:
@@ -171,6 +171,8 @@ def evaluate_model(
         else load_for_eval(model, settings.dtype, settings.device)
     )
     tokenizer, lm = loaded.tokenizer, loaded.model
+    if loaded.dtype_reason:
+        console.print(f"{Path(loaded.name).name}: {loaded.dtype} ({loaded.dtype_reason})")
     train_on = settings.train_on or _training_setting(loaded, "train_on") or "assistant"
     positions = getattr(lm.config, "max_position_embeddings", None) or 2048
     max_length = settings.max_length or _training_setting(loaded, "max_length") or 2048
@@ -250,6 +252,8 @@ def evaluate_model(
         "name": loaded.name,
         "base": loaded.base,
         "is_adapter": loaded.is_adapter,
+        "dtype": loaded.dtype,
+        "dtype_reason": loaded.dtype_reason,
         "train_on": train_on,
         "max_length": max_length,
         "generation": generation.to_dict() if settings.generate else None,
@@ -406,6 +410,7 @@ def _info(run: dict[str, Any]) -> dict[str, Any]:
         "name": run["name"],
         "base": run["base"],
         "is_adapter": run["is_adapter"],
+        "dtype": run.get("dtype"),
         "train_on": run["train_on"],
         "examples": len(run["examples"]),
         "generated": len(refs),

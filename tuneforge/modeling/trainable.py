@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from tuneforge.modeling.load import base_causal_lm, find_blocks
@@ -349,3 +350,37 @@ def plan_for_method(model: nn.Module, method: str, weight_decay: float = 0.0) ->
         return build_plan(model, TrainableSpec("head", weight_decay=weight_decay))
     rules, default_trainable = method_rules(Layout.of(model), method)
     return TrainablePlan.build(model, rules, weight_decay, default_trainable)
+
+
+def hold_dtypes(model: nn.Module, trainable: Iterable[str], frozen_dtype: torch.dtype) -> int:
+    """Store each floating parameter of `model` in the dtype its role needs, once.
+
+    Parameters named in `trainable` (those that train at any point of the run) are fp32: the
+    optimizer updates them in place and keeps its state in their dtype, and bf16 would round
+    small updates away. Every other parameter is frozen and held in `frozen_dtype` (bf16 in a
+    bf16 run: half the memory, and autocast finds it already in the compute dtype instead of
+    casting it at every op). The `Parameter` objects stay the same (tied weights stay tied).
+    Returns how many parameters changed dtype.
+    """
+    names = set(trainable)
+    changed = 0
+    for name, param in model.named_parameters():
+        if not param.is_floating_point():
+            continue
+        want = torch.float32 if name in names else frozen_dtype
+        if param.dtype != want:
+            param.data = param.data.to(want)
+            changed += 1
+    return changed
+
+
+def skip_adapter_input_casts(model: nn.Module) -> None:
+    """Under autocast, stop peft casting each LoRA layer's input to the adapters' fp32.
+
+    peft casts the (bf16) activations to the adapter weights' dtype before the LoRA dropout
+    and `lora_A`; autocast casts them straight back to bf16 for the matmul. Two copies of
+    the activations per adapted layer, and the dropout in fp32, for nothing.
+    """
+    for module in model.modules():
+        if hasattr(module, "lora_A"):
+            module.cast_input_dtype_enabled = False

@@ -17,23 +17,65 @@ from typing import Any
 
 import torch
 
+from tuneforge.modeling.dtype import DTypeChoice, resolve_dtype
 from tuneforge.modeling.load import load_classifier, load_model_and_tokenizer
+from tuneforge.modeling.trainable import (
+    TrainablePlan,
+    build_plan,
+    hold_dtypes,
+    skip_adapter_input_casts,
+)
 from tuneforge.training.classify import read_classification
 from tuneforge.training.config import TrainConfig, auto_lr, resolve_auto
 from tuneforge.training.data import BatchPlan, TokenizedSet, file_sha256, tokenize_file
+from tuneforge.training.distributed import Processes
 from tuneforge.training.lineage import Parent, replay_indices
+from tuneforge.training.transfer import trainable_spec
+
+
+def resolve_run_dtype(requested: str, proc: Processes) -> DTypeChoice:
+    """model.dtype as the run's compute dtype ("auto": decided by the device's probe, see
+    `tuneforge.modeling.dtype`). All processes take the same: fp32 if any of them would not
+    run bf16."""
+    choice = resolve_dtype(requested, proc.device)
+    if proc.distributed and proc.agree(choice.name != "bf16") and choice.name == "bf16":
+        choice = DTypeChoice("fp32", "another process resolved fp32")
+    return choice
+
+
+def hold_bf16(
+    model: torch.nn.Module, cfg: TrainConfig, plan: TrainablePlan, n_blocks: int, unfreezes: bool
+) -> None:
+    """A bf16 run's parameter dtypes: what never trains in this run held in bf16, what trains
+    (at any stage of gradual unfreezing: `unfreezes`) in fp32 for the optimizer, and LoRA
+    layers without peft's input casts (autocast casts to bf16 anyway).
+
+    Full fine-tuning keeps its trained weights in fp32 and computes under bf16 autocast, which
+    casts each weight to bf16 once per forward: no separate fp32 master copy to keep in step,
+    and the cast is small next to the step's matmuls.
+    """
+    if unfreezes:  # blocks opened later train in fp32 from the start
+        plan = build_plan(model, trainable_spec(cfg, n_blocks, None))
+    hold_dtypes(model, plan.trainable_names(), torch.bfloat16)
+    skip_adapter_input_casts(model)
 
 
 def load_start_model(
-    cfg: TrainConfig, parent: Parent | None, labels: list[str] | None, device: torch.device
+    cfg: TrainConfig,
+    parent: Parent | None,
+    labels: list[str] | None,
+    device: torch.device,
+    compute: str = "fp32",
 ) -> tuple[torch.nn.Module, Any]:
     """The starting model: a base, a parent fine-tune, or a base under a classifier head
-    (`labels` given)."""
+    (`labels` given), for a run computing in `compute` ("fp32" or "bf16", resolved).
+
+    A LoRA base is frozen whole, so in bf16 it is loaded in bf16 straight away: no fp32 copy
+    ever exists (peft then adds fp32 adapters). Other methods load in fp32, the trained
+    weights' dtype; `hold_dtypes` later moves what stays frozen to bf16.
+    """
     source = parent.weights if parent is not None else cfg.model.name_or_path
-    # Trained weights stay fp32 (the optimizer updates them). A LoRA base is frozen, so
-    # under bf16 autocast it is stored in bf16: half the memory, same compute.
-    frozen_bf16 = cfg.method == "lora" and cfg.model.dtype == "bf16"
-    dtype = "bf16" if frozen_bf16 else "fp32"
+    dtype = "bf16" if cfg.method == "lora" and compute == "bf16" else "fp32"
     if labels is not None:
         return load_classifier(source, labels, dtype, cfg.model.trust_remote_code, device=device)
     model, tokenizer = load_model_and_tokenizer(

@@ -42,10 +42,12 @@ from tuneforge.training import output
 from tuneforge.training.build import (
     check_same_order,
     data_order,
+    hold_bf16,
     load_start_model,
     make_plan,
     mix_in_replay,
     resolve_config,
+    resolve_run_dtype,
     tokenize_data,
 )
 from tuneforge.training.classify import SequenceClassificationLoss, read_labels
@@ -80,6 +82,7 @@ class FinetuneRecipe:
     Attributes, in the order `setup` makes them:
         out, resume_from: the output folder, and the checkpoint this run continues (or None).
         proc: this process's rank and device, and the collectives (`Processes`).
+        dtype: the compute dtype model.dtype resolved to, and why (`DTypeChoice`).
         parent: the fine-tune this one continues (`Parent`), or None for a base model.
         labels: a classifier's labels (None for a causal LM).
         model, tokenizer: the starting model (after the method's surgery) and its tokenizer.
@@ -136,6 +139,7 @@ class FinetuneRecipe:
         cfg = self.cfg
         # Processes first: everything else may depend on rank and device.
         self.proc = Processes.from_env()
+        self.dtype = resolve_run_dtype(cfg.model.dtype, self.proc)
         # Same seed on every rank: identical head and adapter init, dropout streams.
         random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
@@ -144,7 +148,7 @@ class FinetuneRecipe:
         classify = cfg.task == "classify"
         self.labels = (cfg.classify.labels or read_labels(cfg.data.train)) if classify else None
         self.model, self.tokenizer = load_start_model(
-            cfg, self.parent, self.labels, self.proc.device
+            cfg, self.parent, self.labels, self.proc.device, self.dtype.name
         )
 
         # Data before hyperparameters: "auto" values depend on the dataset size.
@@ -178,6 +182,8 @@ class FinetuneRecipe:
         self.n_trainable = self.trainable.counts(self.model)[0]
         if self.n_trainable == 0:
             raise ValueError("no parameter trains: check method, freeze and unfreeze settings")
+        if self.dtype.name == "bf16":  # frozen weights in bf16 once, trained ones in fp32
+            hold_bf16(self.model, cfg, self.trainable, self.n_blocks, self.unfreeze is not None)
         if cfg.model.gradient_checkpointing:
             base_causal_lm(self.model).gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -387,12 +393,12 @@ class FinetuneRecipe:
         """One micro-batch: packed rows, or the objective's padded batch of examples."""
         examples, pad_id = self.train_set.examples, self.tokenizer.pad_token_id
         if self.plan.packing:
-            dtype = torch.bfloat16 if self.cfg.model.dtype == "bf16" else torch.float32
+            dtype = torch.bfloat16 if self.dtype.name == "bf16" else torch.float32
             return self.plan.collate(examples, items, pad_id, dtype)
         return self.objective.collate([examples[i] for i in items], pad_id)
 
     def _autocast(self) -> torch.autocast:
-        bf16 = self.cfg.model.dtype == "bf16"
+        bf16 = self.dtype.name == "bf16"
         return torch.autocast(self.proc.device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def _maybe_unfreeze(self) -> None:

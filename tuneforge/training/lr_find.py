@@ -45,6 +45,7 @@ class LRFindResult:
     min_over_ten: float | None = None
     suggested: float | None = None
     rule: str = "min_over_ten"
+    dtype: str | None = None  # the compute dtype model.dtype resolved to
     stopped_early: bool = False  # the loss diverged before end_lr
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -52,6 +53,7 @@ class LRFindResult:
         return {
             "suggested": self.suggested,
             "rule": self.rule,
+            "dtype": self.dtype,
             "steepest": self.steepest,
             "min_over_ten": self.min_over_ten,
             "steps": len(self.lrs),
@@ -119,6 +121,7 @@ def lr_find(
         recipe = FinetuneRecipe(cfg, console)
         recipe.prepare()
     base_lr = float(recipe.cfg.optim.lr)
+    console.print(f"dtype: {recipe.dtype.name} ({recipe.dtype.reason})")
 
     # Snapshot what the sweep changes: trained weights (a copy) and the RNG streams.
     snapshot = {id(p): p.detach().clone() for p in recipe.params}
@@ -129,7 +132,7 @@ def lr_find(
     optimizer, schedule = recipe.new_optimizer(
         lambda s: start_lr * ratio ** (min(s, num_steps - 1) / max(1, num_steps - 1)) / base_lr
     )
-    result = LRFindResult(rule=rule)
+    result = LRFindResult(rule=rule, dtype=recipe.dtype.name)
     try:
         step, epoch = 0, 0
         while step < num_steps and not result.stopped_early:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tuneforge import __version__
+from tuneforge.modeling.dtype import DTypeChoice
 from tuneforge.modeling.folder import staged_export, write_manifest
 from tuneforge.modeling.load import unwrap_model
 from tuneforge.training import checkpoint as ckpt
@@ -132,6 +133,7 @@ def export_run(recipe: FinetuneRecipe, final: dict[str, Any]) -> None:
             replay=r.replay,
             parent=r.parent,
             labels=r.labels,
+            dtype=r.dtype,
         ),
     )
     r.console.print(
@@ -157,6 +159,7 @@ def write_run_manifest(
     replay: dict[str, Any] | None,
     parent: Parent | None,
     labels: list[str] | None,
+    dtype: DTypeChoice | None = None,
 ) -> None:
     """`tuneforge.json` in `folder`: what the run trained on, from what, and how it went."""
     data: dict[str, Any] = {
@@ -183,6 +186,8 @@ def write_run_manifest(
         "parent_model": str(parent.path) if parent is not None else None,
         "task": cfg.task,
         "method": cfg.method,
+        "dtype": dtype.name if dtype is not None else cfg.model.dtype,
+        "dtype_reason": dtype.reason if dtype is not None else None,
         "data": data,
         "config": cfg.model_dump(mode="json"),
         "metrics": final,
@@ -228,6 +233,7 @@ def report_setup(recipe: FinetuneRecipe, console: Console) -> None:
         f"[bold]{cfg.method}[/] fine-tune of {source}{task}: "
         f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)"
     )
+    c.print(f"dtype: {r.dtype.name} ({r.dtype.reason})")
     if r.unfreeze is not None:
         c.print(
             f"gradual unfreezing: {r.state.unfrozen_blocks} of {r.n_blocks} blocks open, "
