@@ -416,7 +416,7 @@ def run_trl(spec: dict) -> dict:
     trainer.train()
     trainer.save_model(spec["out"])
     return {
-        "dtype": f"bf16 autocast (bf16=True, {trainer.accelerator.mixed_precision})"
+        "dtype": f"bf16=True ({trainer.accelerator.mixed_precision} autocast)"
         if bf16
         else "fp32 (bf16=False)",
         "loop_s": seen["t1"] - seen["t0"],
@@ -565,12 +565,17 @@ def main() -> None:
     if args.worker:
         worker(json.loads(args.worker))
         return
+    import warnings
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from tuneforge.modeling.registry_model import smollm2_folder
     from tuneforge.modeling.trainable import LORA_TARGETS
 
     torch.set_num_threads(args.threads)
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
     load = os.getloadavg()
     base = str(smollm2_folder())
     tokenizer = AutoTokenizer.from_pretrained(base)
@@ -670,7 +675,7 @@ def report(
         f"N = {n / 1e6:.1f}M matmul weights; base model hold-out loss {base_loss:.4f}"
     )
     head = (
-        f"{'method':6} {'side':9} {'dtype':>34} {'trained tok/s':>13} {'all tok/s':>9} "
+        f"{'method':6} {'side':9} {'dtype':>26} {'trained tok/s':>13} {'all tok/s':>9} "
         f"{'tok/CPU-s':>9} {'peak RSS MiB':>12} {'hold-out':>8} {'wall s':>6} {'loop s':>6} {'% peak':>6}"
     )
     print(head)
@@ -685,7 +690,7 @@ def report(
                 mark = "" if r.get("kept") else "  (slower, not kept)"
                 print(
                     f"{method:6} {'TuneForge' if side == 'tuneforge' else 'TRL':9} "
-                    f"{r['dtype']:>34} {r['trained_tps']:13,.0f} {r['all_tps']:9,.0f} "
+                    f"{r['dtype']:>26} {r['trained_tps']:13,.0f} {r['all_tps']:9,.0f} "
                     f"{r['all_per_cpu_s']:9,.0f} {r['peak_rss_mib']:12,.0f} {loss:>8} {r['wall_s']:6.0f} "
                     f"{r['loop_s']:6.0f} {100 * r['share']:5.1f}%{mark}"
                 )
