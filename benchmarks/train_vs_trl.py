@@ -6,8 +6,12 @@ the same epochs, batch size, learning rate and linear schedule, the same length-
 batching, and loss on assistant tokens only. Each trainer runs in its own subprocess (so peak
 RSS is its own); both trained models are scored by the same validation function.
 
-Printed: trained tokens/s, peak RSS, final validation loss, model FLOPs utilisation against
-an fp32 matmul peak measured in this run, and TuneForge/TRL ratios.
+Printed: the dtype each side trained in (`--dtype`: fp32 by default, or bf16 autocast on both
+sides; weights and optimizer state stay fp32 on both), trained tokens/s, peak RSS, final
+validation loss (both scored in fp32), model FLOPs utilisation against a matmul peak of that
+dtype measured in this run, and TuneForge/TRL ratios. TRL runs without gradient checkpointing
+(SFTConfig's default turns it on), as TuneForge does. For a real pretrained model at each
+side's best dtype, see `benchmarks/train_real.py`.
 
 Needs TRL (benchmark-only extra): `pip install "tuneforge[bench]"` or `pip install trl`.
 
@@ -212,6 +216,7 @@ def run_tuneforge(workdir: Path, args: argparse.Namespace) -> dict:
     recipe.cleanup()
     ts = recipe.train_set
     return {
+        "dtype": "bf16 autocast" if cfg.model.dtype == "bf16" else str(cfg.model.dtype),
         "seconds": seconds,
         "trained_tokens": ts.n_trained_tokens * args.epochs,
         "input_tokens": sum(ts.lengths) * args.epochs,
@@ -244,6 +249,9 @@ def run_trl(workdir: Path, args: argparse.Namespace) -> dict:
         assistant_only_loss=True,
         packing=False,
         pad_to_multiple_of=8,
+        # SFTConfig turns gradient checkpointing on by default (TuneForge's default is off):
+        # recomputing activations would slow TRL down for a memory saving TuneForge does not make.
+        gradient_checkpointing=False,
         train_sampling_strategy="group_by_length",
         logging_steps=10,
         save_strategy="epoch",  # TuneForge writes a resumable checkpoint at each epoch end too
@@ -270,8 +278,9 @@ def run_trl(workdir: Path, args: argparse.Namespace) -> dict:
     trainer.evaluate()  # as TuneForge does at the end
     trainer.save_model(str(workdir / "trl-out"))
     seconds = time.perf_counter() - start
+    mixed = str(trainer.accelerator.mixed_precision)
     return {
-        "mixed_precision": str(trainer.accelerator.mixed_precision),
+        "dtype": "bf16 autocast" if mixed == "bf16" else "fp32" if mixed == "no" else mixed,
         "seconds": seconds,
         "trained_tokens": trained * args.epochs,
         "input_tokens": sum(lengths) * args.epochs,
@@ -334,14 +343,14 @@ def _report(results: dict, peak: float, args: argparse.Namespace) -> None:
         f"lr {args.lr:g}, {args.dtype}, mean length {tf['mean_len']:.0f} tokens"
     )
     print(f"trained tokens: TuneForge {tf['trained_tokens']:,}  TRL {trl['trained_tokens']:,}")
-    header = f"{'':12}{'tokens/s':>12}{'peak RSS MiB':>14}{'valid loss':>12}{'MFU':>8}{'time s':>9}"
+    header = f"{'':12}{'dtype':>15}{'tokens/s':>12}{'peak RSS MiB':>14}{'valid loss':>12}{'MFU':>8}{'time s':>9}"
     print(header)
     for name, r in (("TuneForge", tf), ("TRL", trl)):
         # Both use TuneForge's trained-token count: the same tokens are learned by both.
         r["tps"] = tf["trained_tokens"] / r["seconds"]
         r["mfu"] = r["flops_per_token"] * r["input_tokens"] / r["seconds"] / peak
         print(
-            f"{name:12}{r['tps']:>12,.0f}{r['peak_rss_mib']:>14,.0f}{r['valid_loss']:>12.4f}"
+            f"{name:12}{r['dtype']:>15}{r['tps']:>12,.0f}{r['peak_rss_mib']:>14,.0f}{r['valid_loss']:>12.4f}"
             f"{100 * r['mfu']:>7.1f}%{r['seconds']:>9.1f}"
         )
     print(

