@@ -4,7 +4,6 @@ chats sensibly in bf16, ending its turn by itself."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 import torch
@@ -79,7 +78,6 @@ def test_bf16_and_fp32_engines_agree_greedy(tiny_model_dir):
 
 @pytest.mark.real_model
 def test_real_model_chat_in_bf16_stops_at_end_of_turn(smollm2):
-    start_time = time.monotonic()
     engine, entry = start(smollm2, "bf16")
     try:
         messages = [{"role": "user", "content": "What is the capital of France?"}]
@@ -91,4 +89,3 @@ def test_real_model_chat_in_bf16_stops_at_end_of_turn(smollm2):
     assert len(tokens) < 64
     assert "Paris" in text
     assert "<|im_end|>" not in text and "<|im_start|>" not in text
-    assert time.monotonic() - start_time < 60

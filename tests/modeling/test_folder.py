@@ -18,14 +18,13 @@ from tuneforge.modeling.folder import (
     checkpoint_name,
     checkpoint_steps,
     detect_kind,
-    end_of_turn_ids,
     export_model,
     is_model_folder,
-    load_tokenizer,
     read_folder,
     read_manifest,
     write_manifest,
 )
+from tuneforge.tokenize.tokenizer import end_of_turn_ids, load_tokenizer
 
 # A manifest as `FinetuneRecipe._write_manifest` writes it (keys in its order).
 WRITTEN = {

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from tuneforge.cli import app
 from tuneforge.tokenize import encode
-from tuneforge.tokenize.inspect import TRAINED_STYLE, load_tokenizer, render_tokens
+from tuneforge.tokenize.inspect import TRAINED_STYLE, render_tokens
+from tuneforge.tokenize.tokenizer import load_tokenizer
 
 EXAMPLES = [
     {

@@ -62,7 +62,7 @@ def load_tokenizer_or_exit(model: str | None, as_json: bool = False, **context: 
     be loaded."""
     if model is None:
         return None
-    from tuneforge.tokenize.inspect import load_tokenizer
+    from tuneforge.tokenize.tokenizer import load_tokenizer
 
     try:
         return load_tokenizer(model)

@@ -42,7 +42,7 @@ def models_export(
     store: StoreOptions,
 ) -> None:
     """Copy a fine-tuned model out of the store as a standard Hugging Face folder."""
-    from tuneforge.jobs.client import export_model
+    from tuneforge.modeling.folder import export_model
 
     source = store_call(store.client().model_path, model_id)
     try:

@@ -298,6 +298,20 @@ def _bom_problem() -> Problem:
     )
 
 
+def head_problems(head: bytes, report_bom: bool = True) -> tuple[list[Problem], int]:
+    """What the first bytes of a file say about it (binary, UTF-16, a UTF-8 BOM), and how
+    many bytes of BOM to skip before the text starts."""
+    problems: list[Problem] = []
+    sniffed = _sniff(head)
+    if sniffed is not None:
+        problems.append(sniffed)
+    if not head.startswith(BOM):
+        return problems, 0
+    if report_bom:
+        problems.append(_bom_problem())
+    return problems, len(BOM)
+
+
 def _empty_problem(what: str = "examples") -> Problem:
     return Problem(
         code="empty_file",
@@ -408,15 +422,8 @@ def _to_json(value: Any) -> str:
 def _read_raw(path: Path, report_bom: bool = True) -> tuple[bytes, list[Problem]]:
     """The file's bytes without a UTF-8 BOM, and what was noticed on the way (binary, BOM)."""
     data = path.read_bytes()
-    problems: list[Problem] = []
-    sniffed = _sniff(data)
-    if sniffed is not None:
-        problems.append(sniffed)
-    if data.startswith(BOM):
-        data = data[len(BOM) :]
-        if report_bom:
-            problems.append(_bom_problem())
-    return data, problems
+    problems, start = head_problems(data, report_bom)
+    return data[start:], problems
 
 
 def _line_record(
@@ -841,14 +848,8 @@ def _too_large(message: str) -> Problem:
 def _stream_jsonl(path: Path, limits: ReadLimits) -> StreamedDataset:
     with open(path, "rb") as f:
         head = f.read(SNIFF_BYTES)
-    problems: list[Problem] = []
-    sniffed = _sniff(head)
-    if sniffed is not None:
-        problems.append(sniffed)
-    if head.startswith(BOM):
-        problems.append(_bom_problem())
-        head = head[len(BOM) :]
-    stripped = head.lstrip()
+    problems, start = head_problems(head)
+    stripped = head[start:].lstrip()
     if not stripped and path.stat().st_size <= SNIFF_BYTES:
         problems.append(_empty_problem())
         return StreamedDataset(path, None, problems, "line")

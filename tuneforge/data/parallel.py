@@ -26,14 +26,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tuneforge.data.io import (
-    BOM,
     SNIFF_BYTES,
     TABLE_SUFFIXES,
     TEXT_SUFFIXES,
     Format,
     Problem,
-    _bom_problem,
-    _sniff,
+    head_problems,
     jsonl_lines,
     majority_format,
     parse_format,
@@ -116,15 +114,7 @@ def plan_jsonl(
     if n <= 1:
         return None
     with open(path, "rb") as f:
-        head = f.read(SNIFF_BYTES)
-        problems: list[Problem] = []
-        sniffed = _sniff(head)
-        if sniffed is not None:
-            problems.append(sniffed)
-        start = 0
-        if head.startswith(BOM):
-            start = len(BOM)
-            problems.append(_bom_problem())
+        problems, start = head_problems(f.read(SNIFF_BYTES))
         if not _is_jsonl(f, start):
             return None
         chunks = _chunks(f, str(path), start, size, chunk_bytes or CHUNK_BYTES)

@@ -13,11 +13,11 @@ from tuneforge.modeling.folder import (
     TOKENIZER_FILES,
     ManifestError,
     has_tokenizer,
-    load_tokenizer,
     read_folder,
 )
 from tuneforge.modeling.folder import read_manifest as folder_manifest
 from tuneforge.modeling.load import load_model_and_tokenizer
+from tuneforge.tokenize.tokenizer import load_tokenizer
 
 
 class EvalError(ValueError):

@@ -11,9 +11,8 @@ from typing import Any, Protocol
 
 from tuneforge.jobs.schemas import CheckpointPublic, EventPublic, JobPublic
 from tuneforge.jobs.store import JobStore
-from tuneforge.modeling.folder import export_model
 
-__all__ = ["HttpClient", "JobsClient", "StoreClient", "export_model"]
+__all__ = ["HttpClient", "JobsClient", "StoreClient"]
 
 
 class JobsClient(Protocol):

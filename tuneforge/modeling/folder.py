@@ -12,9 +12,9 @@ A model folder is a Hugging Face folder plus TuneForge's manifest:
   their `trainer_state.json` exists (`checkpoint_steps`).
 
 Readers: `read_folder` (kind, base, parent, manifest; `end_of_turn_ids` from the tokenizer),
-`read_manifest`, `detect_kind`, `is_model_folder`. Writers: `write_manifest`, `export_model`.
-`load_tokenizer` and `end_of_turn_ids` are the tokenizer-level helpers (from
-`tuneforge.tokenize.tokenizer`), re-exported here.
+`read_manifest`, `detect_kind`, `is_model_folder`. Writers: `write_manifest`, `staged_export`,
+`export_model`. Tokenizers are loaded by `tuneforge.tokenize.tokenizer` (`load_tokenizer`,
+and `end_of_turn_ids` for where a reply ends).
 
 Importing this module imports neither torch nor transformers (the job worker uses the
 checkpoint layout without them); the functions that need them import them when called.
@@ -276,6 +276,8 @@ class ModelFolder:
         source = str(self.path) if self.has_tokenizer else self.loads_on
         if source is None:
             raise ValueError(f"{self.path}: no tokenizer in the folder and no base to take it from")
+        from tuneforge.tokenize.tokenizer import end_of_turn_ids, load_tokenizer
+
         return end_of_turn_ids(load_tokenizer(source))
 
 
@@ -288,29 +290,6 @@ def read_folder(folder: str | Path) -> ModelFolder:
     broken `adapter_config.json`).
     """
     return ModelFolder(Path(folder))
-
-
-# -- the tokenizer ------------------------------------------------------------------------------
-
-
-def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) -> Any:
-    """The tokenizer of a model folder or Hub id, with pad token and chat template set.
-
-    See `tuneforge.tokenize.tokenizer.load_tokenizer`.
-    """
-    from tuneforge.tokenize.tokenizer import load_tokenizer as load
-
-    return load(str(name_or_path), trust_remote_code=trust_remote_code)
-
-
-def end_of_turn_ids(tokenizer: Any) -> list[int]:
-    """The token ids the tokenizer's chat template ends an assistant turn with.
-
-    See `tuneforge.tokenize.tokenizer.end_of_turn_ids`.
-    """
-    from tuneforge.tokenize.tokenizer import end_of_turn_ids as probe
-
-    return probe(tokenizer)
 
 
 # -- checkpoints --------------------------------------------------------------------------------

@@ -9,13 +9,9 @@ from rich.panel import Panel
 from rich.text import Text
 
 from tuneforge.tokenize.encode import Encoded, encode, token_view
-from tuneforge.tokenize.tokenizer import load_tokenizer
 
 TRAINED_STYLE = "bold black on green"
 MASKED_STYLE = "dim"
-
-# `load_tokenizer` lives in tokenize.tokenizer; the `tokens` commands import it from here.
-__all__ = ["MASKED_STYLE", "TRAINED_STYLE", "inspect_example", "load_tokenizer", "render_tokens"]
 
 
 def render_tokens(enc: Encoded, tokenizer: Any, show_boundaries: bool = True) -> Text:
