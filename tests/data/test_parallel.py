@@ -129,6 +129,55 @@ def test_check_file_matches_validate(tmp_path, tiny_chunks, seed):
     )
 
 
+# Lines that look like plain chats but are not, or are not clean: the workers' plain-chat lane
+# must leave each to the full checks, or come to what they would.
+EDGE_LINES = [
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}',
+    b'{"messages": [{"role": "user", "content": "A "}, {"role": "assistant", "content": "b"}]}\r',
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "\\u00a0b"}]}',
+    b'{"messages": [{"role": "user", "content": "a\\n\\tb"}, {"role": "assistant", "content": "c"}]}',
+    b'{"messages": [{"role": "user", "content": "x", "role": "assistant", "content": "y"}]}',
+    b'{"messages": [{"role": "user", "content": "a"}], "messages": []}',
+    b'{"messages": []}',
+    b'{"messages": [{"role": "user", "content": "a"}]}',
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}',
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},'
+    b' {"role": "assistant", "content": "c"}]}',
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},'
+    b' {"role": "assistant", "content": "c"}]}',
+    b'{"messages": [{"role": "system", "content": "s"}, {"role": "system", "content": "t"},'
+    b' {"role": "assistant", "content": "c"}]}',
+    b'{"messages": [{"role": "assistant", "content": "only"}]}',
+    b'{"messages": [{"role": "tool", "content": "t"}, {"role": "assistant", "content": "c"}]}',
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": " "}]}',
+    b'{"messages": [{"role": "user", "content": ""}, {"role": "assistant", "content": "b"}]}',
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"},'
+    b' {"role": "assistant", "content": "b"}]}',
+    b'{"messages": [{"role": "Assistant", "content": "b"}]}',
+    b'{"messages": [{"role": "user", "content": "\\ud800"}, {"role": "assistant", "content": "b"}]}',
+    b'{"messages": [{"role": "user", "content": "caf\xe9"}, {"role": "assistant", "content": "b"}]}',
+    b'{"messages": [{"role": "user", "content": null}, {"role": "assistant", "content": "b"}]}',
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b",'
+    b' "weight": 0}]}',
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],'
+    b' "id": 7}',
+    b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]} x',
+    b'  {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}  ',
+    b"[1, 2]",
+    b"",
+    b"   ",
+]
+
+
+def test_check_file_plain_chat_lane_matches_validate(tmp_path, tiny_chunks):
+    path = tmp_path / "edge.jsonl"
+    path.write_bytes(b"\n".join(EDGE_LINES * 6) + b"\n")
+    expected = validate(read_dataset(path))
+    got = check_file(path, workers=2)
+    assert got.to_dict() == expected.to_dict()
+    assert got.counts_by_code["duplicate_example"] > 10
+
+
 def test_check_file_falls_back_in_process(tmp_path, tiny_chunks):
     broken_first = tmp_path / "b.jsonl"
     broken_first.write_text('{"messages": [\n' + json.dumps(chat("a", "b")) + "\n")

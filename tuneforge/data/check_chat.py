@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
+
 from tuneforge.data.io import Format, Problem
 from tuneforge.data.problems import (
     CHAT_KEYS,
@@ -394,6 +396,47 @@ def _check_ending(
                 line,
             )
         )
+
+
+class PlainMessage(msgspec.Struct, forbid_unknown_fields=True):
+    role: str
+    content: str
+
+
+class PlainChat(msgspec.Struct, forbid_unknown_fields=True):
+    """A chat example of plain messages only, as most are: `{"messages": [{"role": ...,
+    "content": ...}, ...]}` with string values and no other key."""
+
+    messages: list[PlainMessage]
+
+
+# Decodes a JSON line that is a `PlainChat`, type checks included, in C; raises
+# `msgspec.DecodeError` for any other line.
+PLAIN_CHAT = msgspec.json.Decoder(PlainChat)
+
+
+def plain_chat_bits(messages: list[PlainMessage]) -> int | None:
+    """The `HAS_*` bits of a plain conversation in which `check_chat` finds no problem; None
+    when it may find one (then run it).
+
+    The same rules as `check_messages`' fast path, for the conversations it passes: every text
+    non-blank, roles taking turns, a system message first only, an assistant last.
+    """
+    seen = 0
+    prev_role = None
+    for i, m in enumerate(messages):
+        role = m.role
+        content = m.content
+        if not content or content.isspace() or role == prev_role:
+            return None
+        if role == "user":
+            seen |= HAS_USER
+        elif role == "system" and not i:
+            seen |= HAS_SYSTEM
+        elif role != "assistant":
+            return None
+        prev_role = role
+    return seen if prev_role == "assistant" else None
 
 
 def check_chat(obj: dict, line: int | None, out: list[Problem]) -> int:

@@ -38,33 +38,70 @@ def content_key(obj: dict, slots: list[Slot] | None = None) -> bytes:
     examples with the same key are duplicates for training. `slots`: `text_slots(obj)`, when
     the caller has them already.
     """
-    parts = _plain_chat_parts(obj)
-    if parts is None:
-        parts = _parts(obj, text_slots(obj) if slots is None else slots)
+    plain = _plain_chat_parts(obj)
+    if plain:
+        return plain_chat_key(plain)
+    parts = _parts(obj, text_slots(obj) if slots is None else slots)
+    # Labels and texts alternate, so "\x00" between them keeps the structure unambiguous.
     text = (
         "\x00".join(parts)
         if parts
         else _spaced(json.dumps(obj, sort_keys=True, ensure_ascii=False))
     )
+    return _digest(text)
+
+
+def plain_chat_key(parts: list[str]) -> bytes:
+    """`content_key` of a chat example of plain `{"role", "content"}` messages, given as its
+    roles and contents, alternating."""
+    text = "\x00".join(parts)
+    # Most examples are spaced already, which one scan of the whole text tells (with each
+    # "\x00" read as a space, a text's edge space makes a double one); the others are spaced
+    # text by text.
+    if not _is_spaced(text.replace("\x00", " ")):
+        text = "\x00".join([_spaced(p) if i % 2 else p for i, p in enumerate(parts)])
+    return _digest(text)
+
+
+def _digest(text: str) -> bytes:
     return xxhash.xxh3_128_digest(text.lower().encode("utf-8", "surrogatepass"))
+
+
+def _is_spaced(text: str) -> bool:
+    """True when `text` holds no whitespace but single spaces inside it, told by quick C scans
+    rather than by splitting every word: for ASCII, a search for each other whitespace
+    character (a `memchr` each); otherwise `isprintable`, false for all whitespace but " "."""
+    if text.isascii():
+        return not (
+            "  " in text
+            or "\n" in text
+            or "\t" in text
+            or "\r" in text
+            or "\x0b" in text
+            or "\x0c" in text
+            or "\x1c" in text
+            or "\x1d" in text
+            or "\x1e" in text
+            or "\x1f" in text
+            or text[:1] == " "
+            or text[-1:] == " "
+        )
+    return text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " "
 
 
 def _spaced(text: str) -> str:
     """`text` with runs of whitespace made one space and its ends stripped."""
-    # A printable text (no whitespace but " ") without double or edge spaces is already so:
-    # two quick C scans instead of splitting every word.
-    if text.isprintable() and "  " not in text and text[:1] != " " and text[-1:] != " ":
-        return text
-    return " ".join(text.split())
+    return text if _is_spaced(text) else " ".join(text.split())
 
 
 def _plain_chat_parts(obj: dict) -> list[str] | None:
-    """`_parts` of a chat example of plain `{"role", "content"}` messages (most are), found
-    without walking its slots; None for any other example."""
+    """The roles and contents, alternating, of a chat example of plain `{"role", "content"}`
+    messages (most are), found without walking its slots; None for any other example."""
     messages = obj.get("messages")
     if len(obj) != 1 or type(messages) is not list:
         return None
-    parts = []
+    parts: list[str] = []
+    append = parts.append
     for m in messages:
         if type(m) is not dict or len(m) != 2:
             return None
@@ -72,23 +109,27 @@ def _plain_chat_parts(obj: dict) -> list[str] | None:
         content = m.get("content")
         if type(role) is not str or type(content) is not str:
             return None
-        parts.append(f"{role}\x01{_spaced(content)}")
+        append(role)
+        append(content)
     return parts
 
 
 def _parts(obj: dict, slots: list[Slot]) -> list[str]:
-    parts = [f"{role}\x01{_spaced(container[key])}" for container, key, role in slots]
+    """Labels (roles, "calls", "tools") alternating with the texts they lead, spaced."""
+    parts: list[str] = []
+    for container, key, role in slots:
+        parts += (role, _spaced(container[key]))
     for messages in message_lists(obj):
         for m in messages:
             if type(m) is dict and m.get("tool_calls"):
-                parts.append("calls\x01" + _spaced(_tool_calls_text(m["tool_calls"])))
+                parts += ("calls", _spaced(_tool_calls_text(m["tool_calls"])))
     for tools in (
         obj.get("tools"),
         (obj.get("input") or {}).get("tools") if type(obj.get("input")) is dict else None,
     ):
         if tools:
             text = json.dumps(tools, sort_keys=True, ensure_ascii=False)
-            parts.append("tools\x01" + _spaced(text))
+            parts += ("tools", _spaced(text))
     return parts
 
 
@@ -385,6 +426,18 @@ class ExactDuplicates:
             (int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"), line)
         )
         self.count += 1
+        if len(self.entries) >= 3 * self.in_memory:
+            self._spill()
+
+    def add_many(self, keys: bytes, lines: Any) -> None:
+        """`add` for many examples at once: their keys end to end, and their line numbers (an
+        integer array or sequence of the same length)."""
+        entries = np.empty(len(lines), dtype=_ENTRY)
+        pairs = np.frombuffer(keys, dtype="<u8")
+        entries["high"], entries["low"] = pairs[0::2], pairs[1::2]
+        entries["line"] = lines
+        self.entries.frombytes(entries.tobytes())
+        self.count += len(entries)
         if len(self.entries) >= 3 * self.in_memory:
             self._spill()
 

@@ -506,11 +506,17 @@ def jsonl_lines(data: bytes, text: str | None = None) -> list[Record]:
             append(_line_record(number, raw, None, parse))  # type: ignore[arg-type]
         return records
     for number, raw in enumerate(lines, start=1):
-        if raw[-1:] == b"\r":
-            raw = raw[:-1]
-        raw, problem = _decode(raw, number)  # type: ignore[arg-type]
-        append(_line_record(number, raw, problem, parse))
+        append(line_record(number, raw))  # type: ignore[arg-type]
     return records
+
+
+def line_record(number: int, raw: bytes) -> Record:
+    """The record of line `number` of a JSON Lines file, from its bytes (without the "\\n"), as
+    `jsonl_lines` reads it."""
+    if raw[-1:] == b"\r":
+        raw = raw[:-1]
+    text, problem = _decode(raw, number)
+    return _line_record(number, text, problem, _parse)
 
 
 def _whole_document(data: bytes, text: str | None) -> list | dict | None:

@@ -31,10 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import numpy as np
+
 from tuneforge.data.advice import PromptCompletionAdvice, prompt_completion_advice
-from tuneforge.data.check_chat import HAS_SYSTEM, HAS_USER
+from tuneforge.data.check_chat import HAS_SYSTEM, HAS_USER, PLAIN_CHAT, plain_chat_bits
 from tuneforge.data.checks import CHECKERS, Checker
-from tuneforge.data.dedupe import ExactDuplicates, content_key
+from tuneforge.data.dedupe import ExactDuplicates, content_key, plain_chat_key
 from tuneforge.data.io import (
     Format,
     LoadedDataset,
@@ -42,6 +45,7 @@ from tuneforge.data.io import (
     Record,
     StreamedDataset,
     jsonl_lines,
+    line_record,
     paused_gc,
     read_dataset,
 )
@@ -87,6 +91,14 @@ class _Counts:
     no_system: int = 0
     no_user: int = 0
 
+    def add_valid(self, seen: int) -> None:
+        """Count a valid example with the `HAS_*` bits of the roles `seen` in it."""
+        self.valid += 1
+        if not seen & HAS_SYSTEM:
+            self.no_system += 1
+        if not seen & HAS_USER:
+            self.no_user += 1
+
 
 def _checked(
     records: Iterable[Record],
@@ -117,11 +129,7 @@ def _checked(
                 add(p)
             if any(p.severity == "error" for p in out):
                 continue
-        counts.valid += 1
-        if not seen & HAS_SYSTEM:
-            counts.no_system += 1
-        if not seen & HAS_USER:
-            counts.no_user += 1
+        counts.add_valid(seen)
         yield record
 
 
@@ -259,7 +267,7 @@ def check_file(
     problems = list(plan.file_problems)
     add = problems.append
     counts = _Counts()
-    first_seen: dict[bytes, int] = {}
+    duplicates = ExactDuplicates()
     base = 0  # lines before the chunk
     with paused_gc():
         tasks = [(chunk, fmt) for chunk in plan.chunks]
@@ -268,12 +276,12 @@ def check_file(
                 setattr(counts, name, getattr(counts, name) + getattr(chunk_counts, name))
             for code, message, fix, line, severity, column in found:
                 add(Problem(code, message, fix, line + base, severity, column))
-            for i, line in enumerate(array("l", valid_lines)):
-                line += base
-                first = first_seen.setdefault(keys[16 * i : 16 * i + 16], line)
-                if first != line:
-                    add(problem("duplicate_example", f"the same example as line {first}", line))
+            duplicates.add_many(keys, np.frombuffer(valid_lines, dtype=np.int64) + base)
             base += lines
+        unique = duplicates.count
+        for line, first in duplicates.found():
+            unique -= 1
+            add(problem("duplicate_example", f"the same example as line {first}", line))
         return _report(
             plan.path,
             fmt,
@@ -281,7 +289,7 @@ def check_file(
             base > 0,
             problems,
             counts,
-            len(first_seen),
+            unique,
             [],
             None,
             None,
@@ -291,18 +299,55 @@ def check_file(
 
 def _check_chunk(chunk: Chunk, fmt: Format) -> tuple[int, _Counts, list[tuple], bytes, bytes]:
     """A worker's part of `check_file`: (lines, counts, problems as tuples, the content keys of
-    the valid examples, their line numbers as an `array("l")`); lines count from 1."""
+    the valid examples, their line numbers as an `array("q")`); lines count from 1."""
     with paused_gc():
-        records = jsonl_lines(read_chunk(chunk))
+        data = read_chunk(chunk)
         found: list[Problem] = []
         counts = _Counts()
         keys = bytearray()
-        lines = array("l")
+        lines = array("q")
+        if fmt is Format.CHAT:
+            n, records = _plain_chats(data, counts, keys, lines)
+        else:
+            records = jsonl_lines(data)
+            n = len(records)
         for record in _checked(records, CHECKERS[fmt], found.append, counts):
             keys += content_key(record.data)
             lines.append(record.line)
         problems = [(p.code, p.message, p.fix, p.line, p.severity, p.column) for p in found]
-        return len(records), counts, problems, bytes(keys), lines.tobytes()
+        return n, counts, problems, bytes(keys), lines.tobytes()
+
+
+def _plain_chats(
+    data: bytes, counts: _Counts, keys: bytearray, lines: array
+) -> tuple[int, list[Record]]:
+    """Check the lines of JSON Lines `data` that are plain chats with nothing wrong (most
+    lines) straight from their bytes, adding them to `counts`, `keys` and `lines`; returns the
+    number of lines and the records of the others, for the full checks.
+
+    Typed decoding (`PLAIN_CHAT`), `plain_chat_bits` and `plain_chat_key` together cost half
+    of reading a line into dicts and checking it in full, and come to the same.
+    """
+    raws = data.split(b"\n")
+    if raws[-1] == b"":
+        raws.pop()  # the final newline ends the last line; it does not start a new one
+    rest = []
+    decode = PLAIN_CHAT.decode
+    for number, raw in enumerate(raws, start=1):
+        try:
+            messages = decode(raw).messages
+        except (msgspec.DecodeError, RecursionError):
+            messages = []
+        seen = plain_chat_bits(messages) if messages else None
+        if seen is None:
+            rest.append(line_record(number, raw))
+            continue
+        counts.records += 1
+        counts.read += 1
+        counts.add_valid(seen)
+        keys += plain_chat_key([text for m in messages for text in (m.role, m.content)])
+        lines.append(number)
+    return len(raws), rest
 
 
 # --- bounded memory (server uploads) ---------------------------------------------------------
