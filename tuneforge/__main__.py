@@ -23,14 +23,17 @@ def demo(
         Path("tuneforge-demo"), "--workdir", help="Folder for everything the demo writes."
     ),
     model: str | None = typer.Option(
-        None, "--model", help="A Hub id or local model folder to use instead of the built-in base."
+        None, "--model", help="A Hub id or local model folder instead of SmolLM2-135M-Instruct."
     ),
     quick: bool = typer.Option(False, "--quick", help="A shorter run (smaller data, fewer steps)."),
+    toy: bool = typer.Option(
+        False, "--toy", help="Use the bundled 2.8M-parameter toy model: seconds, no download."
+    ),
 ) -> None:
     """The whole journey offline: clean data, lr-find, fine-tune, evaluate, compare, serve."""
     if example not in EXAMPLES:
         fail(f"--example must be one of {', '.join(EXAMPLES)}", 2)
-    run_demo(workdir / example, console, model=model, quick=quick, example=example)
+    run_demo(workdir / example, console, model=model, quick=quick, example=example, toy=toy)
 
 
 app = create_app()

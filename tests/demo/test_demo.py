@@ -1,10 +1,12 @@
-"""`tuneforge demo --quick`: every step's output exists and the fine-tune beats its base."""
+"""`tuneforge demo --quick`: every step's output exists and the fine-tune beats its base, on the
+bundled toy model and on the real SmolLM2-135M-Instruct."""
 
 from __future__ import annotations
 
 import io
 import json
 
+import pytest
 from rich.console import Console
 
 from tuneforge.demo.bank import write_bank_dataset
@@ -19,7 +21,7 @@ def _row(result: dict, name: str) -> dict:
 
 def test_quick_bank_demo_walks_the_journey_and_beats_the_base(tmp_path):
     out = io.StringIO()
-    result = run_demo(tmp_path, Console(file=out, width=120), quick=True)
+    result = run_demo(tmp_path, Console(file=out, width=120), quick=True, toy=True)
     printed = out.getvalue()
 
     # Every step ran and left its output behind.
@@ -70,10 +72,31 @@ def test_demo_datasets_are_deterministic(tmp_path):
 
 def test_quick_search_demo_learns_to_answer_in_json(tmp_path):
     result = run_demo(
-        tmp_path, Console(file=io.StringIO(), width=120), quick=True, example="search"
+        tmp_path, Console(file=io.StringIO(), width=120), quick=True, example="search", toy=True
     )
     assert (tmp_path / "runs/search-full/eval/report.html").is_file()
     valid = _row(result, "json_valid")
     assert valid["model"] > 0.9 and valid["baseline"] < 0.1, valid
     fields = _row(result, "json_field_accuracy")
     assert fields["delta"] > 0, fields
+
+
+@pytest.mark.real_model
+def test_quick_demo_on_the_real_model_learns_the_bank_and_keeps_what_it_knew(tmp_path, smollm2):
+    out = io.StringIO()
+    result = run_demo(tmp_path, Console(file=out, width=120), quick=True)
+    printed = out.getvalue()
+    assert "SmolLM2-135M-Instruct" in printed and "toy model" not in printed
+    assert "time per step" in printed
+
+    # Better than the base on the hold-out set, beyond the noise.
+    loss = _row(result, "loss")
+    assert loss["ci"][1] < 0, loss
+    rouge = _row(result, "rouge_l")
+    assert rouge["ci"][0] > 0, rouge
+    # Replies that end: the base rambles past the limit on many questions.
+    never = _row(result, "never_ending_rate")
+    assert never["model"] < never["baseline"], never
+    # And what the model knew is kept: general-text perplexity rose by less than 10%.
+    general = _row(result, "general_perplexity")
+    assert general["model"] < 1.10 * general["baseline"], general

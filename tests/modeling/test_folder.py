@@ -159,6 +159,14 @@ def test_reader_of_a_full_folder_and_of_a_plain_one(tmp_path):
         _ = broken.base_model
 
 
+def test_width_is_the_hidden_size_of_the_model_or_of_an_adapters_base(tmp_path, tiny_model_dir):
+    assert read_folder(tiny_model_dir).width == 64
+    adapter = _adapter(tmp_path / "a", base=str(tiny_model_dir))
+    assert read_folder(adapter).width == 64
+    assert read_folder(_adapter(tmp_path / "hub", base="gpt2")).width is None  # not a folder
+    assert read_folder(tmp_path / "nothing").width is None
+
+
 def test_checkpoint_layout(tmp_path):
     assert checkpoint_name(120) == "step-000120"
     assert checkpoint_steps(tmp_path / "missing") == []

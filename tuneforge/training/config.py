@@ -241,7 +241,9 @@ class OptimSection(_Section):
         1, ge=1, description="Micro-batches per optimizer step (per process); same global batch."
     )
     lr: float | Auto = Field(
-        "auto", description="Peak learning rate. auto: 2e-4 for LoRA, 2e-5 for full fine-tuning."
+        "auto",
+        description="Peak learning rate. auto: 2e-4 for LoRA, 2e-5 for full fine-tuning at a "
+        "hidden size of 4096, up to 3x that for narrower models (4096 / hidden size).",
     )
     schedule: Literal["cosine", "linear", "constant"] = Field(
         "linear", description="Decay after warmup: cosine or linear to zero, or constant."
@@ -506,10 +508,15 @@ def _describe(err: ValidationError) -> list[str]:
 
 
 def resolve_auto(
-    cfg: TrainConfig, n_examples: int, multiple_of: int = 1, lr: float | None = None
+    cfg: TrainConfig,
+    n_examples: int,
+    multiple_of: int = 1,
+    lr: float | None = None,
+    width: int | None = None,
 ) -> TrainConfig:
     """Replace every "auto" with a number; `multiple_of` is grad_accum x world size, `lr` the
-    LR to use for "auto" instead of `auto_lr` (continued fine-tuning lowers the parent's).
+    LR to use for "auto" instead of `auto_lr` (continued fine-tuning lowers the parent's),
+    `width` the model's hidden size (`auto_lr`).
 
     Returns a new config; the input is untouched.
     """
@@ -520,7 +527,7 @@ def resolve_auto(
         bs = auto_batch_size(n_examples)
         optim.batch_size = max(multiple_of, bs - bs % multiple_of)
     if optim.lr == "auto":
-        optim.lr = lr if lr is not None else auto_lr(cfg.method)
+        optim.lr = lr if lr is not None else auto_lr(cfg.method, width)
     return cfg.model_copy(update={"optim": optim})
 
 

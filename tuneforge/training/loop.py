@@ -162,7 +162,11 @@ class FinetuneRecipe:
         self.replay = None
         if self.parent is not None and cfg.parent.replay > 0:
             self.replay = mix_in_replay(cfg, self.parent, self.train_set, tokenize)
-        self.cfg = cfg = resolve_config(cfg, self.train_set, self.parent, self.proc.world_size)
+        # The hidden size, which the "auto" LR scales with (configs map their own names to it).
+        self.width: int | None = getattr(self.model.config, "hidden_size", None)
+        self.cfg = cfg = resolve_config(
+            cfg, self.train_set, self.parent, self.proc.world_size, self.width
+        )
         self.plan, self.total_steps = make_plan(cfg, self.train_set, self.proc.world_size)
 
         # Model surgery: the only place where the method matters (an adapter parent already
