@@ -106,7 +106,14 @@ class LoraSection(_Section):
     alpha: float = Field(
         32, gt=0, description="Scaling numerator: the update is scaled by alpha/r."
     )
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Dropout on the LoRA input. 0 by default: a short fine-tune barely "
+        "overfits, and dropout keeps a copy of every adapted layer's input for backward "
+        "(0.8 GB of a 135M model's 2.9 GB of activations).",
+    )
     target_modules: list[str] | None = Field(
         None,
         description="Module names to adapt. Default per architecture (llama/qwen2/mistral: all "
