@@ -100,3 +100,14 @@ def test_quick_demo_on_the_real_model_learns_the_bank_and_keeps_what_it_knew(tmp
     # And what the model knew is kept: general-text perplexity rose by less than 10%.
     general = _row(result, "general_perplexity")
     assert general["model"] < 1.10 * general["baseline"], general
+
+
+@pytest.mark.real_model
+def test_quick_search_demo_on_the_real_model_answers_in_the_shops_json(tmp_path, smollm2):
+    result = run_demo(
+        tmp_path, Console(file=io.StringIO(), width=120), quick=True, example="search"
+    )
+    valid = _row(result, "json_valid")
+    assert valid["model"] > 0.9 and valid["ci"][0] > 0, valid
+    fields = _row(result, "json_field_accuracy")
+    assert fields["model"] > 0.8 and fields["ci"][0] > 0, fields

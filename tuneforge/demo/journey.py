@@ -337,7 +337,9 @@ def _search(j: Journey, base: Base, quick: bool) -> dict[str, Any]:
         "A dataset",
         "Colloquial shopping queries (slang, typos) and the JSON filters the search needs.",
     )
-    data = write_search_dataset(j.workdir / "search.jsonl", n=600 if base.toy else 240)
+    data = write_search_dataset(
+        j.workdir / "search.jsonl", n=600 if base.toy else 120 if quick else 240
+    )
     j.run("data", "check", str(data))
     train, valid = j.path("train.jsonl"), j.path("valid.jsonl")
     j.run(
@@ -358,7 +360,7 @@ def _search(j: Journey, base: Base, quick: bool) -> dict[str, Any]:
             "Fine-tune with LoRA",
             "An instruct model knows JSON already; an adapter teaches it this shop's filters.",
         )
-        flags = ("--method", "lora", "--lr", "1e-3", "--epochs", "1" if quick else "2")
+        flags = ("--method", "lora")  # TuneForge's defaults
     j.run(
         "train", "--model", base.path, "--train", train, "--valid", valid, *flags,
         "--eval-every", "40", "--output", out, "--seed", "0",
