@@ -30,6 +30,7 @@ from tuneforge.demo.bank import SYSTEM as BANK_SYSTEM
 from tuneforge.demo.bank import write_bank_dataset, write_blocklist
 from tuneforge.demo.base import demo_base
 from tuneforge.demo.corpus import paragraphs
+from tuneforge.demo.prose import prose
 from tuneforge.demo.search import SYSTEM as SEARCH_SYSTEM
 from tuneforge.demo.search import write_search_dataset
 from tuneforge.fsutil import atomic_write
@@ -111,11 +112,12 @@ class Journey:
         return str(self.workdir / name)
 
 
-def write_general_text(path: Path, n: int = 60, seed: int = 99) -> Path:
-    """General-domain prose the base model knows (a different seed than its pretraining):
-    its perplexity before and after a fine-tune shows what the fine-tune forgot."""
+def write_general_text(path: Path, n: int = 60, seed: int = 99, toy: bool = True) -> Path:
+    """General-domain text the base model knows: its perplexity before and after a fine-tune
+    shows what the fine-tune forgot. For the toy model, its own corpus (another seed than its
+    pretraining); for a real model, encyclopedic prose (`prose.PARAGRAPHS`)."""
     with atomic_write(path) as f:
-        f.write("\n\n".join(paragraphs(n, seed)) + "\n")
+        f.write("\n\n".join(paragraphs(n, seed) if toy else prose(n)) + "\n")
     return path
 
 
@@ -199,7 +201,7 @@ def _bank(j: Journey, base: Base, quick: bool) -> dict[str, Any]:
     size = BankSize.of(base, quick)
     raw = write_bank_dataset(j.workdir / "bank.jsonl", n=size.conversations)
     blocklist = write_blocklist(j.workdir / "blocklist.txt")
-    general = write_general_text(j.workdir / "general.txt", n=size.general_paragraphs)
+    general = write_general_text(j.workdir / "general.txt", n=size.general_paragraphs, toy=base.toy)
     console.print(f"wrote {raw}, {blocklist} and {general}", highlight=False)
 
     j.say("Check it", "Every problem with its line number and a fix; training would fail on it.")
@@ -322,7 +324,7 @@ class BankSize:
             )
         return cls(
             conversations=REAL_CONVERSATIONS_QUICK if quick else REAL_CONVERSATIONS,
-            general_paragraphs=12 if quick else 24,
+            general_paragraphs=24,
             valid=0.2 if quick else 0.15,
             lr_find_flags=("--steps", "8" if quick else "16", "--batch-size", "2"),
             lora_flags=("--eval-every", "20"),
