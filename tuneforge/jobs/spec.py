@@ -253,7 +253,7 @@ def plan_training(
     if hp.learning_rate_multiplier != "auto":
         method = str(ext.get("method", "lora"))
         start = parent_path or base_path
-        width = read_folder(start).width if start and Path(start).is_dir() else None
+        width = read_folder(start).width if start else None
         overrides["optim.lr"] = float(hp.learning_rate_multiplier) * auto_lr(method, width)
     if valid_path is not None and "eval.eval_every" not in ext:
         # OpenAI reports validation metrics periodically during training; so do we.

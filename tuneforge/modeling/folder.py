@@ -269,11 +269,11 @@ class ModelFolder:
 
     @cached_property
     def width(self) -> int | None:
-        """The model's hidden size from `config.json` (an adapter's: its base's, when that is a
-        folder); None when no config says it."""
+        """The model's hidden size from `config.json` (an adapter's: its base's); None when no
+        config says it (a Hub id that is no local folder, say)."""
         if self.is_adapter:
             base = self.loads_on
-            return read_folder(base).width if base and Path(base).is_dir() else None
+            return read_folder(base).width if base else None
         try:
             config = json.loads((self.path / CONFIG_FILE).read_text())
         except (OSError, ValueError):
