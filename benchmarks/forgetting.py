@@ -185,28 +185,33 @@ def at_target(curve: list[dict[str, Any]], target: float) -> dict[str, Any] | No
 
 
 def report(rows: list[dict[str, Any]], target: float, work: Path) -> None:
-    """Print the Markdown table (docs/forgetting.md) and write it into `work`."""
-    start = rows[0]["curve"][0]  # the base model, before the first step (same for every run)
+    """Print the Markdown table (docs/forgetting.md) and write it into `work`. Each run is
+    compared with its own first evaluation (the base, measured in that run's dtypes: a LoRA
+    base is held in bf16, a full fine-tune's weights in fp32)."""
+    base = rows[0]["curve"][0]
     lines = [
-        f"| recipe | peak LR | steps to hold-out loss {target:g} | general perplexity there "
-        "| change vs base | time |",
+        f"| recipe | peak LR | trainable parameters | steps to hold-out loss {target:g} "
+        "| general perplexity: base -> there | change |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| base model (hold-out loss {start['valid_loss']:.2f}) | | | "
-        f"{start['general_ppl']:.2f} | | |",
+        f"| base model (hold-out loss {base['valid_loss']:.2f}) | | | | {base['general_ppl']:.2f} "
+        "| |",
     ]
     for r in rows:
-        hit = at_target(r["curve"], target)
+        start, hit = r["curve"][0], at_target(r["curve"], target)
         if hit is None:
             best = min(r["curve"], key=lambda p: p["valid_loss"])
             lines.append(
-                f"| {r['recipe']} | {r['lr']:.0e} | not reached in {r['curve'][-1]['step']} "
-                f"(best {best['valid_loss']:.2f}) | | | |"
+                f"| {r['recipe']} | {r['lr']:.0e} | | not reached in {r['curve'][-1]['step']} "
+                f"(best {best['valid_loss']:.2f}) | | |"
             )
             continue
         ppl = hit["general_ppl_at_target"]
+        trainable = f"{start['trainable_params'] / 1e6:.1f}M"
+        if hit["trainable_params"] != start["trainable_params"]:
+            trainable += f" -> {hit['trainable_params'] / 1e6:.1f}M"
         lines.append(
-            f"| {r['recipe']} | {r['lr']:.0e} | {hit['step']} | {ppl:.2f} | "
-            f"{ppl / start['general_ppl'] - 1:+.1%} | {hit['seconds']:.0f} s |"
+            f"| {r['recipe']} | {r['lr']:.0e} | {trainable} | {hit['step']} | "
+            f"{start['general_ppl']:.2f} -> {ppl:.2f} | {ppl / start['general_ppl'] - 1:+.1%} |"
         )
     table = "\n".join(lines)
     print(table)
