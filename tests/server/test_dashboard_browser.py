@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -251,6 +252,8 @@ def test_start_a_job_watch_its_curves_grow_and_it_succeed(tab, api):
     tab.page.wait_for_selector("#report h2 >> text=processed")
     tab.page.select_option("#base-model", "tiny-llama")
     tab.page.select_option("#method", "full")
+    # The same file for validation: the valid loss curve gets a point every eval.
+    tab.page.select_option("#validation-file", tab.page.input_value("#training-file"))
     tab.page.fill("#batch-size", "4")
     tab.page.fill("#lr-multiplier", "10")
 
@@ -282,6 +285,8 @@ def test_start_a_job_watch_its_curves_grow_and_it_succeed(tab, api):
     total = job.model_extra["tuneforge"]["total_steps"]
     tab.page.wait_for_selector(f'#chart-loss[data-points="{total}"]')
     assert len(seen - {0, total}) >= 1, f"the curve never showed a partial run: {sorted(seen)}"
+    train_points, valid_points = tab.page.get_attribute("#chart-loss", "data-series").split(",")
+    assert int(train_points) == total and 1 <= int(valid_points) < total
     for chart in ("#chart-lr", "#chart-speed", "#chart-params"):
         assert tab.page.get_attribute(chart, "data-points") == str(total)
     assert "successfully completed" in tab.text("#events")
@@ -303,7 +308,11 @@ def test_models_page_shows_the_lineage_and_the_report_in_the_page(tab, dash, fin
     holdout = tmp_path / "holdout.jsonl"
     holdout.write_text(hostile_chats(4))
     run_eval(folder, holdout, settings=EvalSettings(n_boot=100, max_new_tokens=24, device="cpu"))
-    assert (folder / "eval" / "report.html").is_file()
+    served = httpx.get(
+        f"{dash.v1}/dashboard/models/{finetune}/report", headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert served.status_code == 200 and "sandbox" in served.headers["content-security-policy"]
+    assert httpx.get(f"{dash.v1}/dashboard/models/{finetune}/report").status_code == 401
 
     tab.sign_in()
     tab.page.goto(tab.url + "/#/models")
@@ -381,26 +390,39 @@ def test_hostile_reply_and_dataset_line_are_shown_as_text_and_never_run(tab, fin
     assert tab.page.evaluate("() => window.__xss") is None
 
 
-def test_cancel_a_running_job_from_its_page(tab, api):
+def test_pause_resume_and_cancel_a_job_from_its_page(tab, api):
     f = api.files.create(file=("long.jsonl", hostile_chats().encode()), purpose="fine-tune")
     wait_for_file(api, f.id)
-    job = api.fine_tuning.jobs.create(
-        model="tiny-llama",
-        training_file=f.id,
-        method={
-            "type": "supervised",
-            "supervised": {
-                "hyperparameters": {"n_epochs": 100, "batch_size": 1},
-                "tuneforge": {"optim": {"max_steps": 1000}},
-            },
-        },
-    )
     tab.sign_in()
-    tab.page.goto(tab.url + "/#/jobs/" + job.id)
+    tab.page.goto(tab.url + "/#/new")
+    tab.page.wait_for_selector(f"#training-file option[value='{f.id}']", state="attached")
+    tab.page.select_option("#training-file", f.id)
+    tab.page.select_option("#method", "gradual")
+    tab.page.fill("#unfreeze-every", "2")
+    tab.page.fill("#n-epochs", "100")
+    tab.page.fill("#batch-size", "1")
+    tab.page.fill("#max-steps", "1000")
+    tab.page.click("#start-job")
+    tab.page.wait_for_url("**/#/jobs/ftjob-*")
+    job_id = tab.page.url.rsplit("/", 1)[-1]
+    sent = httpx.get(
+        f"{tab.url}/v1/fine_tuning/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}
+    ).json()["method"]["supervised"]["tuneforge"]
+    assert sent == {"method": "full", "unfreeze": {"every": 2}, "optim": {"max_steps": 1000}}
+    tab.page.wait_for_selector("#job-head >> text=gradual unfreezing")
+
+    # Pause, resume, then cancel it, with its buttons.
     tab.page.wait_for_selector("#job-status >> text=running", timeout=120_000)
+    tab.page.click("#pause-job")
+    tab.page.wait_for_selector("#job-status >> text=paused", timeout=120_000)
+    assert tab.page.is_enabled("#resume-job") and tab.page.is_disabled("#pause-job")
+    tab.page.click("#resume-job")
+    tab.page.wait_for_selector("#resume-job:disabled")  # queued again, from its checkpoint
+    assert api.fine_tuning.jobs.retrieve(job_id).status in ("queued", "running")
     tab.page.click("#cancel-job")
     tab.page.wait_for_selector("#job-status >> text=cancelled", timeout=120_000)
-    assert api.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    job = api.fine_tuning.jobs.retrieve(job_id)
+    assert job.status == "cancelled"
     assert tab.page.is_disabled("#cancel-job")
 
     # The jobs list shows both jobs with their status.

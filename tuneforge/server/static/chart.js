@@ -4,6 +4,14 @@ import { h } from "./dom.js";
 
 const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea"];
 
+function axisValue(v) {
+  if (v === 0 || v === null) return "0";
+  const a = Math.abs(v);
+  if (a < 0.01) return v.toExponential(1);
+  if (a >= 1000) return Math.round(v).toLocaleString("en");
+  return String(+v.toPrecision(3));
+}
+
 /**
  * A chart of `series` ([{label, key}]) over `step`; returns {el, update(points)} where
  * points are the metrics events' data, in step order.
@@ -25,6 +33,8 @@ export function lineChart(title, series, id) {
     if (x.length === count) return;
     count = x.length;
     el.dataset.points = String(count);
+    // Points per series ("32,3": every step has a train loss, three have a valid loss).
+    el.dataset.series = ys.map((y) => y.filter((v) => v !== null).length).join(",");
     const data = [x, ...ys];
     if (plot === null) {
       plot = new uPlot(
@@ -32,7 +42,7 @@ export function lineChart(title, series, id) {
           width: 420,
           height: 200,
           scales: { x: { time: false } },
-          axes: [{ label: "step" }, { size: 70 }],
+          axes: [{ label: "step" }, { size: 70, values: (u, splits) => splits.map(axisValue) }],
           series: [
             { label: "step" },
             ...series.map((s, i) => ({
