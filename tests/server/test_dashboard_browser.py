@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,6 +132,11 @@ class Page:
         self.page.fill("#api-key", key)
         self.page.click("#signin button[type=submit]")
         self.page.wait_for_selector("#jobs")
+
+    def shot(self, name: str) -> None:
+        """A screenshot of the page now, among the test artifacts."""
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
     def text(self, selector: str) -> str:
         return self.page.locator(selector).inner_text()
@@ -312,6 +318,9 @@ def test_models_page_shows_the_lineage_and_the_report_in_the_page(tab, dash, fin
         f"{dash.v1}/dashboard/models/{finetune}/report", headers={"Authorization": f"Bearer {KEY}"}
     )
     assert served.status_code == 200 and "sandbox" in served.headers["content-security-policy"]
+    assert str(folder) in (folder / "eval" / "report.html").read_text()
+    assert str(folder) not in served.text and str(tmp_path) not in served.text  # no server path
+    assert "…/holdout.jsonl" in served.text and "data:image/png;base64," in served.text
     assert httpx.get(f"{dash.v1}/dashboard/models/{finetune}/report").status_code == 401
 
     tab.sign_in()
@@ -329,6 +338,10 @@ def test_models_page_shows_the_lineage_and_the_report_in_the_page(tab, dash, fin
     report = tab.text("#model-report")
     assert finetune in report and "Evaluation" in report
     assert tab.page.locator("#model-report script, #model-report [onerror]").count() == 0
+    tab.shot("models-report")
+
+    tuned.locator(".export-button").first.click()
+    assert f"tuneforge models export '{finetune}' --out" in tab.text("#export-command")
 
     # A model without a report says so.
     base.locator(".report-button").first.click()
@@ -383,8 +396,10 @@ def test_hostile_reply_and_dataset_line_are_shown_as_text_and_never_run(tab, fin
     tab.page.click("#send")
     tab.page.wait_for_selector("#reply-0[data-done='true']")
     reply = tab.page.locator("#reply-0 .reply-text").inner_text()
-    # The fine-tune learned to answer with the markup: it is on the page, literally.
-    assert "<script>" in reply or "<img" in reply, reply
+    # The fine-tune learned to answer with markup (tags, maybe garbled: each would be an
+    # element if parsed as HTML); it is on the page literally, as text, with no element.
+    assert re.search(r"<[a-z/]", reply), reply
+    assert tab.page.locator("#reply-0 .reply-text *").count() == 0
     assert tab.page.locator("#replies script, #replies img, #report img").count() == 0
     tab.page.wait_for_timeout(300)  # an onerror would have fired by now
     assert tab.page.evaluate("() => window.__xss") is None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ REJECTS_SHOWN = 50
 # A rejected line's text is cut to this many characters in the preview.
 RAW_SHOWN = 500
 REPORT_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; sandbox"
+# An absolute path in a report's text (after a tag, a space or a parenthesis; never inside a
+# data URL): the report names the folders it was made from, which are the server's business.
+_SERVER_PATH = re.compile(r"(?<=[>\s(])/(?:[^\s<>\"'/]+/)+([^\s<>\"'/]*)")
 
 
 @router.post("/files/{file_id}/clean")
@@ -76,8 +80,8 @@ def clean_preview(file_id: str, store: Store, principal: CurrentPrincipal) -> di
     responses={200: {"content": {"text/html": {}}}},
 )
 def model_report(model_id: str, registry: Registry, principal: CurrentPrincipal) -> Response:
-    """The model's evaluation report (HTML without script); 404 `report_not_found` when the
-    model was never evaluated."""
+    """The model's evaluation report (HTML without script), server paths cut to their last
+    part; 404 `report_not_found` when the model was never evaluated."""
     entry = registry.resolve(model_id, principal.org_id)
     if entry is None:
         raise model_not_found(model_id)
@@ -90,8 +94,9 @@ def model_report(model_id: str, registry: Registry, principal: CurrentPrincipal)
             param="model",
             code="report_not_found",
         )
+    text = _SERVER_PATH.sub(r"…/\1", report.read_text(encoding="utf-8", errors="replace"))
     return Response(
-        report.read_bytes(),
+        text,
         media_type="text/html",
         headers={"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"},
     )

@@ -92,6 +92,14 @@ export function renderModels(main) {
     }
   }
 
+  function showExport(id) {
+    clear(reportBox).append(
+      h("h2", {}, "Export ", h("code", {}, id)),
+      h("p", {}, "On the server, copy it out of the store as a standard Hugging Face folder (add --merge to fold a LoRA adapter into its base):"),
+      h("pre", { id: "export-command" }, `tuneforge models export '${id}' --out exported-model`),
+    );
+  }
+
   async function load() {
     try {
       const [models, jobs] = await Promise.all([api("/v1/models"), api("/v1/fine_tuning/jobs?limit=100")]);
@@ -112,13 +120,13 @@ export function renderModels(main) {
           " ",
           h("a", { href: "#/playground?models=" + encodeURIComponent(id) }, "playground"),
           job ? [" ", h("a", { href: "#/jobs/" + encodeURIComponent(job.id) }, "job")] : null,
+          kind === "fine-tune" || kind === "checkpoint"
+            ? [" ", h("button", { type: "button", class: "link export-button", on: { click: () => showExport(id) } }, "export")]
+            : null,
           kids.length ? h("ul", {}, kids.map(node)) : null,
         );
       };
-      clear(treeBox).append(
-        h("ul", { class: "tree" }, tree.roots.map(node)),
-        h("p", { class: "muted" }, "Export a model for llama.cpp / Ollama with `tuneforge export` on the server."),
-      );
+      clear(treeBox).append(h("ul", { class: "tree" }, tree.roots.map(node)));
     } catch (err) {
       clear(treeBox).append(h("p", { class: "error" }, err.message));
     }
