@@ -9,9 +9,14 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
 
 from tests.server.conftest import (
+    API_KEY,
     RunningServer,
+    call_without_5xx,
+    fuzzed_api,
     keys_file,
     settings_for,
     start_server,
@@ -133,3 +138,19 @@ def test_a_model_report_needs_the_key_and_an_evaluation(two_orgs):
         two_orgs.v1 + "/dashboard/models/ft:tiny-llama:org-b::x/report", headers=_auth("sk-org-a")
     )
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.fixture(scope="module")
+def dashboard_schema(model_store, tmp_path_factory):
+    yield from fuzzed_api(
+        settings_for(model_store, tmp_path_factory.mktemp("data"), api_keys=[API_KEY], worker=False)
+    )
+
+
+schema = schemathesis.pytest.from_fixture("dashboard_schema").include(path_regex=r"^/v1/dashboard")
+
+
+@schema.parametrize()
+@settings(max_examples=5, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_dashboard_views_never_answer_5xx(case):
+    call_without_5xx(case)

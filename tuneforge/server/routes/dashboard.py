@@ -60,6 +60,10 @@ def clean_preview(file_id: str, store: Store, principal: CurrentPrincipal) -> di
         except DatasetError as err:
             message = str(err).replace(str(source), row.filename)
             raise APIError(400, message, param="file_id", code="invalid_file") from None
+        except FileNotFoundError:
+            raise APIError(
+                404, f"The bytes of file '{file_id}' are missing from the store.", param="file_id"
+            ) from None
         rejected = []
         with open(report.rejects, encoding="utf-8") as f:
             for line in itertools.islice(f, REJECTS_SHOWN):
