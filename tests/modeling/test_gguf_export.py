@@ -239,3 +239,12 @@ def test_cli_exports_a_fine_tuned_model_of_the_store_by_its_id(lora_run, tmp_pat
     assert read_gguf_info(out).quantization == "F16"
     missing = CliRunner().invoke(app, [*args[:2], "ft:nope", *args[3:]])
     assert missing.exit_code == 1 and "neither a model folder nor" in missing.output
+
+
+@pytest.mark.real_model
+def test_smollm2s_template_is_chatml_with_its_default_system_prompt(smollm2):
+    # Its template writes <|im_start|>, which is also its BOS token: part of the turn, since
+    # tokenizing adds no BOS (and the GGUF says add_bos false).
+    fmt, default_system = chat_format(load_tokenizer(str(smollm2)))
+    assert fmt is CHATML
+    assert default_system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"

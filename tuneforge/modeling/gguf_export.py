@@ -426,7 +426,7 @@ def _vocabulary(tokenizer: Any, n_vocab: int) -> _Vocab:
     return _Vocab(tokens, [int(t) for t in types], merges, "gpt2", pre, bos)
 
 
-def _adds(tokenizer: Any, token_id: int | None, first: bool) -> bool:
+def adds_token(tokenizer: Any, token_id: int | None, first: bool) -> bool:
     """Whether plain tokenization adds `token_id` at the start (first) or end of a text."""
     if token_id is None:
         return False
@@ -454,8 +454,8 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab: _Vocab, eot: list[int], c
         writer.add_eot_token_id(eot[0])
     # Chat prompts are tokenized without added tokens (the template writes its own BOS);
     # plain text as the tokenizer does it.
-    writer.add_add_bos_token(_adds(tokenizer, vocab.bos, first=True))
-    writer.add_add_eos_token(_adds(tokenizer, tokenizer.eos_token_id, first=False))
+    writer.add_add_bos_token(adds_token(tokenizer, vocab.bos, first=True))
+    writer.add_add_eos_token(adds_token(tokenizer, tokenizer.eos_token_id, first=False))
     if tokenizer.chat_template:
         writer.add_chat_template(tokenizer.chat_template)
 

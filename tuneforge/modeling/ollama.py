@@ -111,10 +111,15 @@ _PROBES: list[tuple[list[dict[str, str]], bool]] = [
 
 
 def _rendered(tokenizer: Any, messages: list[dict[str, str]], gen: bool) -> str:
+    from tuneforge.modeling.gguf_export import adds_token
+
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
     bos = tokenizer.bos_token
-    # A template that writes BOS itself: llama.cpp / Ollama add it from the GGUF's add_bos flag.
-    return text[len(bos) :] if bos and text.startswith(bos) else text
+    # Where tokenizing adds BOS, the GGUF says so (add_bos) and llama.cpp / Ollama add it
+    # themselves: the template's own BOS is not part of the TEMPLATE.
+    if bos and text.startswith(bos) and adds_token(tokenizer, tokenizer.bos_token_id, True):
+        return text[len(bos) :]
+    return text
 
 
 def chat_format(tokenizer: Any) -> tuple[ChatFormat, str | None]:
