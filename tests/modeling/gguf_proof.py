@@ -14,12 +14,12 @@ import llama_cpp
 import torch
 
 from tuneforge.demo import bank
-from tuneforge.evaluation.generate import GenerationSettings, generate_replies
+from tuneforge.evaluation.generate import stop_token_ids
 from tuneforge.evaluation.loading import load_for_eval
 from tuneforge.tokenize.templates import render_prompt
 
 # A few of the demo's bank questions (the first way a customer asks, per intent).
-QUESTIONS = [asks[0] for asks, _ in list(bank.INTENTS.values())[:4]]
+QUESTIONS = [asks[0] for asks, _ in list(bank.INTENTS.values())[:3]]
 # A near-tie: llama.cpp's f32 kernels and PyTorch's sum in different orders (~1e-5 relative),
 # which can swap the two best tokens only when their logits are this close.
 NEAR_TIE = 1e-3
@@ -38,32 +38,27 @@ class Replies:
 
 
 def tuneforge_replies(folder: str | Path, max_new_tokens: int) -> tuple[Replies, object]:
-    """TuneForge's greedy replies (its evaluation path: fp32, stop at EOS or end of turn)."""
+    """TuneForge's greedy replies as its evaluation makes them (`load_for_eval` in fp32,
+    `render_prompt`, greedy `generate` stopped at `stop_token_ids`: EOS or end of turn), with
+    their token ids."""
     loaded = load_for_eval(folder, dtype="fp32", device="cpu")
     model, tok = loaded.model, loaded.tokenizer
     prompts = [render_prompt(c, tok) for c in chats()]
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=1)
-    replies = generate_replies(model, tok, prompts, settings)
-    tokens = []
-    for prompt, reply in zip(prompts, replies, strict=True):
-        # generate_replies gives text; the ids are the same greedy decode, recomputed here.
-        out = model.generate(
-            torch.tensor([prompt]),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=_stops(model, tok),
-            pad_token_id=tok.pad_token_id,
-        )
+    stops = stop_token_ids(model, tok)
+    tokens, texts = [], []
+    for prompt in prompts:
+        with torch.no_grad():
+            out = model.generate(
+                torch.tensor([prompt]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=tok.pad_token_id,
+            )
         ids = out[0, len(prompt) :].tolist()
-        assert tok.decode(ids, skip_special_tokens=True) == reply.text
         tokens.append(ids)
-    return Replies(prompts, tokens, [r.text for r in replies]), loaded
-
-
-def _stops(model, tok) -> list[int]:
-    from tuneforge.evaluation.generate import stop_token_ids
-
-    return stop_token_ids(model, tok)
+        texts.append(tok.decode([t for t in ids if t not in stops], skip_special_tokens=True))
+    return Replies(prompts, tokens, texts), loaded
 
 
 def open_llama(gguf: Path) -> llama_cpp.Llama:

@@ -45,7 +45,7 @@ def test_llama_cpp_gives_tuneforges_greedy_replies_and_stops_at_end_of_turn(toy_
         if a != b:  # only a near-tie of the two best logits may flip a token
             assert explain_divergence(loaded.model, prompt, a, b) < NEAR_TIE, (a, b)
         assert b[-1] == eot and len(b) < MAX_NEW  # stopped by itself, at <|im_end|>
-    assert sum(a == b for a, b in zip(ours.tokens, theirs.tokens, strict=True)) >= 3
+    assert sum(a == b for a, b in zip(ours.tokens, theirs.tokens, strict=True)) >= 2
 
     # The chat API renders the GGUF's chat template and stops at end of turn by itself.
     for chat, text in zip(chats(), theirs.texts, strict=True):
