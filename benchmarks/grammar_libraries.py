@@ -298,6 +298,47 @@ def run_vocab(label: str, tokenizer: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def engine_mask_cost(label: str, tokenizer: Any, rows: int = 8) -> None:
+    """What TuneForge's decoder pays per step for `rows` constrained rows: llguidance's
+    bitmasks unpacked into a (rows, V) mask (`constraint.allowed_rows`) and applied to the
+    logits, against one unconstrained step's sampling work (softmax + argmax) for the rows."""
+    import torch
+
+    from tuneforge.inference.constraint import (
+        allowed_rows,
+        compile_grammar,
+        json_schema_grammar,
+        ll_tokenizer,
+    )
+
+    torch.set_num_threads(1)  # as a server with one torch thread per core would
+    lltok = ll_tokenizer(tokenizer, (tokenizer.eos_token_id,))
+    constraint = compile_grammar(lltok, json_schema_grammar(PERSON))
+    ids = tokenizer(json.dumps(PERSON_VALUE, separators=(",", ":")), add_special_tokens=False)[
+        "input_ids"
+    ]
+    matchers = [constraint.matcher() for _ in range(rows)]
+    vocab = len(tokenizer)
+    logits = torch.randn(rows, vocab)
+    masked, plain = [], []
+    for t in ids:
+        start = time.perf_counter()
+        allowed = allowed_rows(matchers, vocab, vocab)
+        logits.masked_fill(~allowed, float("-inf")).argmax(dim=-1)
+        for m in matchers:
+            m.consume_token(t)
+        masked.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        torch.softmax(logits, dim=-1).argmax(dim=-1)
+        plain.append(time.perf_counter() - start)
+    m_us, p_us = statistics.median(masked) * 1e6, statistics.median(plain) * 1e6
+    print(
+        f"{label}: {rows} constrained rows, mask + apply + commit {m_us / rows:.0f} us per row "
+        f"per step (median); an unconstrained softmax+argmax of the same rows "
+        f"{p_us / rows:.0f} us per row: x{m_us / p_us:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", choices=["49k", "152k", "both"], default="both")
@@ -325,6 +366,8 @@ def main() -> None:
             f"{r['us_per_token']:.0f} / {r['us_p95']:.0f} | {r['walk_ok']} | {r['coverage']} | "
             f"{r['missing']} |"
         )
+    for label, tok in vocabs:
+        engine_mask_cost(label, tok)
     by = {(r["vocab"], r["library"]): r.get("us_per_token") for r in rows}
     for label, _ in vocabs:
         ll = by.get((label, "llguidance"))

@@ -89,10 +89,9 @@ def check_schema_size(value: Any, what: str) -> None:
 def allowed_rows(matchers: list[Any], vocab_size: int, width: int) -> torch.Tensor:
     """(k, width) bool: the tokens each matcher allows next (False beyond the tokenizer's
     vocabulary, for models whose logits are padded wider)."""
-    words = (vocab_size + 31) // 32
-    packed = np.empty((len(matchers), words * 4), dtype=np.uint8)
-    for i, matcher in enumerate(matchers):
-        packed[i] = np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8)
+    # One bit per token of the grammar's view of the vocabulary (which may count a few more
+    # ids than the tokenizer's length); columns past `vocab_size` stay False.
+    packed = np.stack([np.frombuffer(m.compute_bitmask(), dtype=np.uint8) for m in matchers])
     bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : min(vocab_size, width)]
     mask = torch.zeros((len(matchers), width), dtype=torch.bool)
     mask[:, : bits.shape[1]] = torch.from_numpy(bits.astype(np.bool_))
