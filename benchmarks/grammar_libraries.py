@@ -339,6 +339,64 @@ def engine_mask_cost(label: str, tokenizer: Any, rows: int = 8) -> None:
     )
 
 
+def json_mode_vs_library(label: str, tokenizer: Any, steps: int = 40) -> None:
+    """`json_object` decoding, greedy on random logits (an untrained model's): the hand-written
+    JSON mode (`json_mode.JsonMachine`: candidates checked one by one in Python, best first)
+    against the library's mask for `{"type": "object"}`, per token."""
+    import torch
+
+    from tuneforge.inference.constraint import (
+        allowed_rows,
+        compile_grammar,
+        json_object_grammar,
+        ll_tokenizer,
+    )
+    from tuneforge.inference.json_mode import START, JsonMachine
+    from tuneforge.inference.sampling import draw
+    from tuneforge.inference.tokens import token_bytes_table
+
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    vocab = len(tokenizer)
+    table = token_bytes_table(tokenizer)
+    machine, state = JsonMachine(), START
+    hand = []
+    for _ in range(steps):
+        logits = torch.randn(vocab, generator=gen)
+        start = time.perf_counter()
+
+        def allowed(t: int, state=state) -> bool:
+            raw = table[t] if t < len(table) else None
+            return raw is not None and machine.feed(state, raw) is not None
+
+        token = draw(None, logits, True, None, allowed)
+        hand.append(time.perf_counter() - start)
+        if token is None:
+            break
+        state = machine.feed(state, table[token] or b"")
+        if machine.is_done(state):
+            break
+    matcher = compile_grammar(
+        ll_tokenizer(tokenizer, (tokenizer.eos_token_id,)), json_object_grammar()
+    ).matcher()
+    lib = []
+    for _ in range(steps):
+        logits = torch.randn(1, vocab, generator=gen)
+        start = time.perf_counter()
+        mask = allowed_rows([matcher], vocab, vocab)
+        token = int(logits.masked_fill(~mask, float("-inf")).argmax())
+        matcher.consume_token(token)
+        lib.append(time.perf_counter() - start)
+        if matcher.is_stopped():
+            break
+    h, m = statistics.median(hand) * 1e6, statistics.median(lib) * 1e6
+    print(
+        f"{label}: json_object greedy per token: hand-written JSON mode {h:.0f} us "
+        f"(max {max(hand) * 1e6:.0f}), llguidance mask {m:.0f} us (max {max(lib) * 1e6:.0f}): "
+        f"x{h / m:.1f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", choices=["49k", "152k", "both"], default="both")
@@ -368,6 +426,7 @@ def main() -> None:
         )
     for label, tok in vocabs:
         engine_mask_cost(label, tok)
+        json_mode_vs_library(label, tok)
     by = {(r["vocab"], r["library"]): r.get("us_per_token") for r in rows}
     for label, _ in vocabs:
         ll = by.get((label, "llguidance"))

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from tuneforge.inference.constraint import (
     Constraint,
     check_schema_size,
+    json_object_grammar,
     json_schema_grammar,
     lark_grammar,
 )
@@ -120,6 +121,10 @@ async def _constraint(
         schema = fmt.json_schema.schema_
         param = "response_format"
         make = lambda: json_schema_grammar(schema)  # noqa: E731
+    elif fmt is not None and fmt.type == "json_object":
+        param = "response_format"
+        schema = {}
+        make = json_object_grammar
     elif forced:
         family = handler.engine.tool_family(entry)
         parallel = body.parallel_tool_calls is not False
