@@ -238,3 +238,18 @@ def test_tool_choice_none_and_follow_up(client):
     with pytest.raises(openai.BadRequestError) as err:
         _chat(client, model=LONG, messages=ASK, tool_choice="required", max_tokens=4)
     assert err.value.body["param"] == "tool_choice"
+
+
+def test_unknown_nested_options_are_refused(client):
+    """Fields inside `stream_options`, `tools` and `tool_choice` that are not implemented are
+    refused by name, like top-level ones."""
+    cases = [
+        ({"stream": True, "stream_options": {"include_usage": True, "include_obfuscation": True}}),
+        ({"tools": [{**TIME, "cache_control": {}}]}),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_time"},
+          "allowed": []}}),
+    ]  # fmt: skip
+    for extra in cases:
+        with pytest.raises(openai.BadRequestError) as err:
+            _chat(client, model=LONG, messages=ASK, max_tokens=2, extra_body=extra)
+        assert err.value.body["param"].split(".")[0].split("[")[0] in extra, err.value.body

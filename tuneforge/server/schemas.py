@@ -43,6 +43,7 @@ class ModelDeleted(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an option not implemented is refused
     include_usage: StrictBool = False
 
 
