@@ -22,6 +22,7 @@ from tuneforge.tokenize.encode import (
     Encoded,
     assistant_char_spans,
     encode,
+    encode_preference,
     fit_length,
     token_view,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "collate_packed",
     "collate_padded",
     "encode",
+    "encode_preference",
     "ensure_chat_template",
     "fit_length",
     "length_grouped_batches",
