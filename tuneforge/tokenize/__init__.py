@@ -20,6 +20,7 @@ from tuneforge.tokenize.batching import (
 from tuneforge.tokenize.encode import (
     IGNORE_INDEX,
     Encoded,
+    FormatMismatch,
     assistant_char_spans,
     encode,
     encode_preference,
@@ -37,6 +38,7 @@ __all__ = [
     "DEFAULT_CHAT_TEMPLATE",
     "IGNORE_INDEX",
     "Encoded",
+    "FormatMismatch",
     "assistant_char_spans",
     "block_causal_mask",
     "collate_packed",

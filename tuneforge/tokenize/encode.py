@@ -29,6 +29,20 @@ TRAIN_ON = ("assistant", "last_assistant", "all")
 FORMATS = ("chat", "prompt_completion", "text")
 
 
+class FormatMismatch(ValueError):
+    """Examples of a format the objective does not train: preference examples for supervised
+    fine-tuning (`found` "preference", `wanted` "supervised"), or others for preference
+    tuning (`found` their format, `wanted` "dpo")."""
+
+    def __init__(self, message: str, found: str, wanted: str):
+        super().__init__(message)
+        self.found, self.wanted = found, wanted
+
+    def at(self, where: str) -> FormatMismatch:
+        """The same mismatch, its message prefixed by where it was found ("file.jsonl:3")."""
+        return FormatMismatch(f"{where}: {self}", self.found, self.wanted)
+
+
 @dataclass
 class Encoded:
     """One example as token ids plus labels.
@@ -62,11 +76,13 @@ def _format_of(example: dict, format: str | None, preference: bool = False) -> s
         format = str(detected)
     format = str(format.value if hasattr(format, "value") else format).replace("-", "_")
     if format == "preference" and not preference:
-        raise ValueError(
+        raise FormatMismatch(
             "preference examples (input / preferred_output / non_preferred_output) are for "
             "preference tuning and cannot be trained by supervised fine-tuning; convert them to "
             "chat examples (input messages + preferred_output) or train with task 'dpo' "
-            "(method.type 'dpo' in the fine-tuning API)"
+            "(method.type 'dpo' in the fine-tuning API)",
+            "preference",
+            "supervised",
         )
     if format not in FORMATS and not (preference and format == "preference"):
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -277,10 +293,12 @@ def encode_preference(example: dict, tokenizer: Any) -> tuple[Encoded, Encoded]:
         raise ValueError(f"an example must be a JSON object, got {type(example).__name__}")
     fmt = _format_of(example, None, preference=True)
     if fmt != "preference":
-        raise ValueError(
+        raise FormatMismatch(
             "preference tuning (DPO) needs preference examples (input / preferred_output / "
             f"non_preferred_output), not {fmt} examples; train them with task 'causal_lm' "
-            "(method.type 'supervised' in the fine-tuning API)"
+            "(method.type 'supervised' in the fine-tuning API)",
+            fmt,
+            "dpo",
         )
     inp = example.get("input")
     if (

@@ -39,7 +39,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from tuneforge.modeling.load import base_causal_lm, body_and_head
-from tuneforge.tokenize import IGNORE_INDEX, Encoded, collate_padded, encode_preference, fit_length
+from tuneforge.tokenize import (
+    IGNORE_INDEX,
+    Encoded,
+    FormatMismatch,
+    collate_padded,
+    encode_preference,
+    fit_length,
+)
 from tuneforge.training.data import TokenizedSet, read_examples
 
 
@@ -75,6 +82,8 @@ def read_preferences(
         out.n_read += 1
         try:
             chosen, rejected = encode_preference(row, tokenizer)
+        except FormatMismatch as err:
+            raise err.at(f"{path}:{line}") from None
         except ValueError as err:
             raise ValueError(f"{path}:{line}: {err}") from None
         if chosen.num_trained == 0 or rejected.num_trained == 0:
