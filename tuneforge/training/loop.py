@@ -6,9 +6,10 @@ One class reads top to bottom. `setup` builds everything in dependency order (pr
 model and tokenizer, data, resolved hyperparameters, model surgery for the method, optimizer
 and schedule, resume, the output folder). `train` is the loop; it has no branch on the method
 or the task: full fine-tuning, LoRA, head-only, frozen blocks and layer-wise LRs differ only in
-the model surgery and the `TrainablePlan` made in setup; causal LM and classification only in
-the objective (`CausalLMLoss` / `SequenceClassificationLoss`). Gradual unfreezing swaps in the
-next plan between steps (`_maybe_unfreeze`); everything else that happens between steps
+the model surgery and the `TrainablePlan` made in setup; causal LM, classification and
+preference tuning only in the objective (`CausalLMLoss` / `SequenceClassificationLoss` /
+`PreferenceLoss`, whose reference log-probs are computed in setup). Gradual unfreezing swaps in
+the next plan between steps (`_maybe_unfreeze`); everything else that happens between steps
 (evaluation, best loss, early stopping, stop requests, logging, checkpoints) is `_after_step`.
 
 The optimizer and schedule live in `tuneforge.training.optim`, the output folder (resume
@@ -78,7 +79,7 @@ Callback = Callable[["FinetuneRecipe", str, dict[str, Any]], None]
 
 class FinetuneRecipe:
     """A fine-tune (full, LoRA, head-only; frozen blocks, gradual unfreezing, layer-wise LRs;
-    causal LM or classifier; fresh or continued), described entirely by a `TrainConfig`.
+    causal LM, classifier or DPO; fresh or continued), described entirely by a `TrainConfig`.
 
     Attributes, in the order `setup` makes them:
         out, resume_from: the output folder, and the checkpoint this run continues (or None).
@@ -366,7 +367,9 @@ class FinetuneRecipe:
         schedule: LRSchedule | None = None,
     ) -> dict[str, Any]:
         """One optimizer step on `batch` (one batch of `plan.epoch_batches`): forward/backward
-        this process's micro-batches, clip, update the weights, move the schedule on.
+        this process's micro-batches, clip, update the weights, move the schedule on. An
+        objective whose forward returns a fourth element (summable statistics: DPO's) adds its
+        `metrics(..., "train")` to the result.
 
         Uses the run's optimizer and schedule unless given others (lr_find's sweep). Returns
         the step's train_loss, train_mean_token_accuracy, lr, grad_norm and step_tokens, its
