@@ -398,3 +398,47 @@ def test_dpo_settings_are_checked_when_the_job_is_created(
     assert words in refused.value.message
     if param is not None:
         assert refused.value.param.startswith(param)
+
+
+@pytest.mark.parametrize(
+    ("rows", "task", "param", "words"),
+    [
+        ("pref", "causal_lm", "training_file", "holds preference examples (from line 1"),
+        ("chat", "dpo", "training_file", "holds chat examples (from line 1"),
+        ("chat", "dpo", "validation_file", "validation file holds chat examples"),
+    ],
+)
+def test_data_that_does_not_fit_the_method_names_the_mismatch(
+    tiny_model_dir, tmp_path, rows, task, param, words
+):
+    from tuneforge.jobs.failures import describe
+    from tuneforge.tokenize.tokenizer import load_tokenizer
+    from tuneforge.training.data import tokenize_file
+    from tuneforge.training.dpo import read_preferences
+
+    msgs = [{"role": "user", "content": "hi"}]
+    row = (
+        {"messages": [*msgs, {"role": "assistant", "content": "hello"}]}
+        if rows == "chat"
+        else {
+            "input": {"messages": msgs},
+            "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+            "non_preferred_output": [{"role": "assistant", "content": "What?"}],
+        }
+    )
+    path = tmp_path / "files" / "file-x.jsonl"
+    path.parent.mkdir()
+    path.write_text(json.dumps(row) + "\n")
+    tok = load_tokenizer(str(tiny_model_dir))
+    with pytest.raises(ValueError) as raised:
+        if task == "dpo":
+            read_preferences(path, tok, 512, "drop")
+        else:
+            tokenize_file(path, tok, "assistant", 512, "drop")
+    key = "data.train" if param == "training_file" else "data.valid"
+    err = describe(raised.value, {key: str(path), "task": task})
+    assert err["code"] == f"invalid_{param}" and err["param"] == param
+    assert words in err["message"]
+    other = "dpo" if task == "causal_lm" else "supervised"
+    assert f"method.type '{other}'" in err["message"]
+    assert "/" not in err["message"] and "Traceback" not in err["message"]

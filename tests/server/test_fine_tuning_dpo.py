@@ -114,6 +114,7 @@ def _failure(client, api, training_file: str, method: dict):
     return failed.error.message
 
 
+@pytest.mark.slow  # the message itself: tests/jobs/test_jobs_spec.py (no server, no jobs)
 def test_data_that_does_not_fit_the_method_fails_the_job_naming_the_mismatch(api):
     client = client_for(api)
     prefs = _upload(client, "prefs.jsonl", preference_jsonl(10))

@@ -130,7 +130,8 @@ def _format_mismatch(err: BaseException, message: str) -> dict[str, Any] | None:
             "non_preferred_output). Upload preference data, or create the job with "
             "method.type 'supervised'."
         )
-    return error("invalid_training_file", text, param)
+    code = "invalid_validation_file" if param == "validation_file" else "invalid_training_file"
+    return error(code, text, param)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
