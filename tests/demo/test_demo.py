@@ -102,7 +102,7 @@ def test_quick_demo_on_the_real_model_learns_the_bank_and_keeps_what_it_knew(tmp
     result = run_demo(tmp_path, Console(file=out, width=120), quick=True)
     printed = out.getvalue()
     assert "SmolLM2-135M-Instruct" in printed and "toy model" not in printed
-    assert "time per step" in printed
+    assert "time and memory per step" in printed and " GB" in printed
 
     # Better than the base on the hold-out set, beyond the noise.
     loss = _row(result, "loss")

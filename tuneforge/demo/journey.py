@@ -12,6 +12,8 @@ CLI (in this process), so what the demo shows is what the tool does. Two example
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import io
 import json
 import shlex
@@ -49,30 +51,46 @@ SEARCH_QUESTIONS = ["gimme blu kicks under 50 bucks", "need a blk puffer sz L", 
 
 
 class Journey:
-    """Runs the demo's steps in `workdir`, printing each as a command, and times each step."""
+    """Runs the demo's steps in `workdir`, printing each as a command, and times each step
+    and measures its peak memory."""
 
     def __init__(self, workdir: Path, console: Console):
         self.workdir = workdir
         self.console = console
         self.starts: list[tuple[str, float]] = []  # (step title, when it started)
+        self.peaks: list[float | None] = []  # each finished step's peak RSS in GB
 
     @property
     def step(self) -> int:
         return len(self.starts)
 
     def say(self, title: str, why: str) -> None:
+        self._end_step()
         self.starts.append((title, time.perf_counter()))
         self.console.print(Rule(f"[bold]{self.step}. {title}"))
         self.console.print(f"[dim]{why}[/dim]")
 
+    def _end_step(self) -> None:
+        if self.starts:
+            self.peaks.append(peak_rss_gb())
+        # The steps run in one process: what a step freed goes back to the system before the
+        # next, as if each were its own command.
+        release_memory()
+        reset_peak_rss()
+
     def print_timings(self) -> None:
-        """A table of the time each step took (each lasts until the next starts)."""
-        table = Table(title="time per step", show_edge=False)
+        """A table of the time and peak memory of each step (each lasts until the next
+        starts)."""
+        self._end_step()
+        table = Table(title="time and memory per step", show_edge=False)
         table.add_column("step")
         table.add_column("seconds", justify="right")
+        table.add_column("peak memory", justify="right")
         ends = [start for _, start in self.starts[1:]] + [time.perf_counter()]
-        for i, ((title, start), end) in enumerate(zip(self.starts, ends, strict=True), start=1):
-            table.add_row(f"{i}. {title}", f"{end - start:.1f}")
+        rows = zip(self.starts, ends, self.peaks, strict=True)
+        for i, ((title, start), end, peak) in enumerate(rows, start=1):
+            memory = "" if peak is None else f"{peak:.2f} GB"
+            table.add_row(f"{i}. {title}", f"{end - start:.1f}", memory)
         self.console.print(table)
 
     def run(self, *args: str, expect_fail: bool = False, stdout: io.StringIO | None = None) -> int:
@@ -104,6 +122,28 @@ class Journey:
 
     def path(self, name: str) -> str:
         return str(self.workdir / name)
+
+
+def peak_rss_gb() -> float | None:
+    """This process's peak resident memory since the last `reset_peak_rss` (Linux), in GB."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e6  # kB
+    return None
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system (glibc's malloc_trim)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak: Linux resets VmHWM to the current RSS on "5" in clear_refs."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def write_general_text(path: Path, n: int = 60, seed: int = 99, toy: bool = True) -> Path:
