@@ -17,12 +17,21 @@ prompts, same chat template (the GGUF's), greedy, same max tokens, tokens/s side
     python benchmarks/serve_load.py                      # tiny model, 1/4/16 clients
     python benchmarks/serve_load.py --hidden 256 --layers 4 --max-tokens 64 --requests 4
     python benchmarks/serve_load.py --real --clients 1 8 --max-tokens 64 --no-hf-peer
+
+`--constrained` measures grammar-constrained decoding instead (TuneForge alone, its own peer):
+16 concurrent streams (`--clients`), half of them with a `json_schema` response format, against
+the same 16 streams all unconstrained, in one run. It prints aggregate tokens/s, each kind of
+stream's time per token, and the gaps between two chunks of the unconstrained streams (what a
+stall of the scheduler thread would show as), with mixed / unconstrained ratios.
+
+    python benchmarks/serve_load.py --constrained --real --clients 16 --max-tokens 64
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import shutil
 import signal
@@ -166,6 +175,99 @@ async def load(url: str, model: str, clients: int, per_client: int, max_tokens: 
     return wall, samples
 
 
+SCHEMA = {  # what the constrained streams must produce: long enough to last the whole run
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "maxLength": 40},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 24}, "maxItems": 64},
+    },
+    "required": ["title", "tags"],
+    "additionalProperties": False,
+}
+
+
+@dataclass
+class Stream:
+    constrained: bool
+    tokens: int
+    per_token: float  # seconds per token after the first
+    gaps: list[float]  # seconds between consecutive chunks
+
+
+async def timed_stream(client, model: str, prompt: str, max_tokens: int, constrained: bool):
+    kw: dict = {"extra_body": {"ignore_eos": True}}
+    if constrained:
+        fmt = {"name": "tags", "schema": SCHEMA, "strict": True}
+        kw = {"response_format": {"type": "json_schema", "json_schema": fmt}}
+    stream = await client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+        **kw,
+    )
+    arrivals: list[float] = []
+    tokens = 0
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            arrivals.append(time.perf_counter())
+        if getattr(chunk, "usage", None):
+            tokens = chunk.usage.completion_tokens
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    per_token = (arrivals[-1] - arrivals[0]) / max(1, tokens - 1) if arrivals else 0.0
+    return Stream(constrained, tokens, per_token, gaps)
+
+
+async def constrained_load(url: str, model: str, clients: int, max_tokens: int, mixed: bool):
+    from openai import AsyncOpenAI
+
+    async with AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600) as c:
+        await timed_stream(c, model, PROMPTS[0], 4, True)  # warm-up (grammar tokenizer built)
+        await timed_stream(c, model, PROMPTS[0], 4, False)
+        start = time.perf_counter()
+        streams = await asyncio.gather(
+            *[
+                timed_stream(c, model, PROMPTS[i % len(PROMPTS)], max_tokens, mixed and i % 2 == 0)
+                for i in range(clients)
+            ]
+        )
+        return time.perf_counter() - start, streams
+
+
+def constrained_report(clients: int, runs: dict[str, tuple[float, list[Stream]]]) -> None:
+    print(f"\n{clients} concurrent streams, greedy; 'mixed' = half of them json_schema-constrained")
+    print(
+        f"{'run':<14} {'streams':<13} {'tok/s':>8} {'ms/token p50':>13} {'gap p95 ms':>11} {'gap max ms':>11}"
+    )
+    figures: dict[tuple[str, bool], dict[str, float]] = {}
+    for name, (wall, streams) in runs.items():
+        total = sum(s.tokens for s in streams) / wall
+        for constrained in (False, True):
+            mine = [s for s in streams if s.constrained == constrained]
+            if not mine:
+                continue
+            gaps = [g for s in mine for g in s.gaps]
+            f = {
+                "tok/s": total,
+                "ms/token": statistics.median(s.per_token for s in mine) * 1e3,
+                "gap p95": pct(gaps, 0.95) * 1e3,
+                "gap max": max(gaps) * 1e3,
+            }
+            figures[(name, constrained)] = f
+            kind = "constrained" if constrained else "unconstrained"
+            print(f"{name:<14} {kind:<13} {f['tok/s']:>8.1f} {f['ms/token']:>13.1f} {f['gap p95']:>11.1f} {f['gap max']:>11.1f}")  # fmt: skip
+    free, mix = figures[("unconstrained", False)], figures[("mixed", False)]
+    con = figures[("mixed", True)]
+    print(
+        "ratios: mixed / all-unconstrained: aggregate tok/s "
+        f"x{mix['tok/s'] / free['tok/s']:.2f}, unconstrained streams' ms/token "
+        f"x{mix['ms/token'] / free['ms/token']:.2f}, their p95 gap x{mix['gap p95'] / free['gap p95']:.2f}"
+        f"; constrained / unconstrained ms/token in the mixed run x{con['ms/token'] / mix['ms/token']:.2f}"
+    )
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
@@ -254,6 +356,11 @@ def main() -> None:
     parser.add_argument("--llama-threads", type=int, default=2)
     parser.add_argument("--no-hf-peer", action="store_true", help="Skip transformers serve.")
     parser.add_argument(
+        "--constrained",
+        action="store_true",
+        help="Half the streams json_schema-constrained vs none (TuneForge only).",
+    )
+    parser.add_argument(
         "--naive-server", nargs=2, metavar=("MODEL_DIR", "PORT"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
@@ -286,6 +393,16 @@ def main() -> None:
             sys.exit(f"TuneForge did not start; see {workdir / 'tuneforge.log'}")
 
         print(_tail(workdir / "tuneforge.log", "serving "))
+        if args.constrained:
+            for clients in args.clients:
+                runs = {
+                    name: asyncio.run(
+                        constrained_load(tf_url, folder.name, clients, args.max_tokens, mixed)
+                    )
+                    for name, mixed in (("unconstrained", False), ("mixed", True))
+                }
+                constrained_report(clients, runs)
+            return
         peer_name, peer_model = "transformers serve", str(folder)
         peer_url = f"http://127.0.0.1:{peer_port}"
         servers = [("tuneforge", tf_url, folder.name)]

@@ -38,6 +38,41 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = "utf-
     fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path` for a writer that opens files by name; on
+    success fsync it and rename it over `path`.
+
+    On any exception the temporary file is removed and `path` is left as it was.
+
+    Example:
+        >>> with atomic_path("model.gguf") as tmp:
+        ...     GGUFWriter(tmp, "llama")  # ... writes and closes tmp
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fsync_dir(path: str | Path) -> None:
     """Flush a directory entry (a rename) to disk, where the platform allows it."""
     with contextlib.suppress(OSError):

@@ -323,3 +323,122 @@ def test_a_chat_template_problem_is_the_training_files_not_a_crash(tiny_tokenize
     assert err["code"] == "invalid_training_file" and err["param"] == "training_file"
     assert err["message"].startswith("The training data could not be tokenized: ")
     assert "Traceback" not in err["message"] and "/srv" not in err["message"]
+
+
+# ---------------------------------------------------------------- preference (DPO) jobs
+
+
+def _dpo(file_id: str, hyperparameters=None, **tuneforge) -> JobCreate:
+    dpo = {"hyperparameters": hyperparameters or {}, "tuneforge": tuneforge}
+    return JobCreate(model="tiny-base", training_file=file_id, method={"type": "dpo", "dpo": dpo})
+
+
+def test_a_dpo_job_trains_task_dpo_with_its_beta(store, train_file):
+    job = store.create_job(
+        "org-a", _dpo(train_file.id, {"beta": 0.25, "n_epochs": 2}, lora={"r": 4})
+    )
+    assert job.train_overrides["task"] == "dpo" and job.train_overrides["dpo.beta"] == 0.25
+    assert job.train_overrides["optim.epochs"] == 2 and job.train_overrides["lora.r"] == 4
+    assert job.method == {
+        "type": "dpo",
+        "dpo": {
+            "hyperparameters": {
+                "n_epochs": 2,
+                "batch_size": "auto",
+                "learning_rate_multiplier": "auto",
+                "beta": 0.25,
+            },
+            "tuneforge": {"lora": {"r": 4}},
+        },
+    }
+    auto = store.create_job("org-a", _dpo(train_file.id))
+    assert auto.train_overrides["task"] == "dpo" and "dpo.beta" not in auto.train_overrides
+
+
+@pytest.mark.parametrize(
+    ("request_", "param", "words"),
+    [
+        (
+            lambda f: _dpo(f, {"beta": 0.2}, dpo={"beta": 0.3}),
+            "method.dpo.tuneforge",
+            "both set the same thing",
+        ),
+        (lambda f: _dpo(f, {"beta": 0}), None, "beta"),
+        (lambda f: _dpo(f, dpo={"label_smoothing": 0.7}), "method.dpo.tuneforge.dpo", "0.5"),
+        (lambda f: _dpo(f, task="causal_lm"), "method.dpo.tuneforge", "does not fit"),
+        (lambda f: _request(f, task="dpo"), "method.supervised.tuneforge", "does not fit"),
+        (
+            lambda f: JobCreate(
+                model="tiny-base",
+                training_file=f,
+                method={"type": "dpo", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+            ),
+            "method.supervised",
+            "method.type is 'dpo'",
+        ),
+        (
+            lambda f: JobCreate(
+                model="tiny-base", training_file=f, method={"type": "reinforcement"}
+            ),
+            "method.type",
+            "not supported yet",
+        ),
+    ],
+)
+def test_dpo_settings_are_checked_when_the_job_is_created(
+    store, train_file, request_, param, words
+):
+    try:
+        req = request_(train_file.id)
+    except ValueError as err:  # refused by the request's schema (HTTP 400 too)
+        assert words in str(err)
+        return
+    with pytest.raises(InvalidRequest) as refused:
+        store.create_job("org-a", req)
+    assert words in refused.value.message
+    if param is not None:
+        assert refused.value.param.startswith(param)
+
+
+@pytest.mark.parametrize(
+    ("rows", "task", "param", "words"),
+    [
+        ("pref", "causal_lm", "training_file", "holds preference examples (from line 1"),
+        ("chat", "dpo", "training_file", "holds chat examples (from line 1"),
+        ("chat", "dpo", "validation_file", "validation file holds chat examples"),
+    ],
+)
+def test_data_that_does_not_fit_the_method_names_the_mismatch(
+    tiny_model_dir, tmp_path, rows, task, param, words
+):
+    from tuneforge.jobs.failures import describe
+    from tuneforge.tokenize.tokenizer import load_tokenizer
+    from tuneforge.training.data import tokenize_file
+    from tuneforge.training.dpo import read_preferences
+
+    msgs = [{"role": "user", "content": "hi"}]
+    row = (
+        {"messages": [*msgs, {"role": "assistant", "content": "hello"}]}
+        if rows == "chat"
+        else {
+            "input": {"messages": msgs},
+            "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+            "non_preferred_output": [{"role": "assistant", "content": "What?"}],
+        }
+    )
+    path = tmp_path / "files" / "file-x.jsonl"
+    path.parent.mkdir()
+    path.write_text(json.dumps(row) + "\n")
+    tok = load_tokenizer(str(tiny_model_dir))
+    with pytest.raises(ValueError) as raised:
+        if task == "dpo":
+            read_preferences(path, tok, 512, "drop")
+        else:
+            tokenize_file(path, tok, "assistant", 512, "drop")
+    key = "data.train" if param == "training_file" else "data.valid"
+    err = describe(raised.value, {key: str(path), "task": task})
+    assert err["code"] == f"invalid_{param}" and err["param"] == param
+    assert words in err["message"]
+    other = "dpo" if task == "causal_lm" else "supervised"
+    assert f"method.type '{other}'" in err["message"]
+    assert "/" not in err["message"] and "Traceback" not in err["message"]

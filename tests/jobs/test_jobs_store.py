@@ -92,7 +92,7 @@ def test_create_job_maps_hyperparameters_and_extension(store, upload, tmp_path):
 @pytest.mark.parametrize(
     ("method", "match", "param"),
     [
-        ({"type": "dpo", "dpo": {}}, "not supported yet", "method.type"),
+        ({"type": "reinforcement", "reinforcement": {}}, "not supported yet", "method.type"),
         (
             {"type": "supervised", "supervised": {"tuneforge": {"lora": {"r": 0}, "nope": 1}}},
             r"lora\.r: .*; nope: unknown key",

@@ -227,7 +227,7 @@ def test_uploads_tenancy_idempotency_and_refusals(api_no_worker):
     good = a.files.create(file=("train.jsonl", chat_jsonl(12)), purpose="fine-tune")
     with pytest.raises(openai.BadRequestError, match="not supported yet"):
         a.fine_tuning.jobs.create(
-            model="tiny-llama", training_file=good.id, method={"type": "dpo", "dpo": {}}
+            model="tiny-llama", training_file=good.id, method={"type": "reinforcement"}
         )
     with pytest.raises(openai.BadRequestError, match=r"lora\.r"):
         a.fine_tuning.jobs.create(

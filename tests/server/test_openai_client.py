@@ -285,7 +285,7 @@ def test_limits_are_400(client, server):
         {"stop": ["a", "b", "c", "d", "e"]},
         {"stop": ["z" * (settings.max_stop_chars + 1)]},
         {"max_tokens": 500},  # prompt + max_tokens over the 512-token context
-        {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},  # no schema
     ]
     for extra in cases:
         with pytest.raises(openai.BadRequestError):

@@ -82,3 +82,35 @@ def test_data_inspect_errors(tmp_path, tiny_model_dir):
     )
     refused = runner.invoke(app, ["data", "inspect", str(pref), "--model", str(tiny_model_dir)])
     assert refused.exit_code == 1 and "preference" in refused.output
+
+
+def test_data_inspect_shows_both_replies_of_a_preference_example(tmp_path, tiny_model_dir):
+    example = {
+        "input": {"messages": [{"role": "user", "content": "I lost my card."}]},
+        "preferred_output": [{"role": "assistant", "content": "Sure, a new one is on its way."}],
+        "non_preferred_output": [{"role": "assistant", "content": "Not my problem."}],
+    }
+    data = write_jsonl(tmp_path / "prefs.jsonl", [example])
+    result = CliRunner().invoke(app, ["data", "inspect", str(data), "--model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "preferred reply" in result.output and "non-preferred reply" in result.output
+    assert "Sure, a new one is on its way.<|im_end|>" in result.output
+    assert "Not my problem.<|im_end|>" in result.output
+    assert result.output.count("I lost my card.") == 2  # the prompt, in both conversations
+
+    from tuneforge.tokenize import encode_preference
+    from tuneforge.tokenize.inspect import inspect_example
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    panel, enc = inspect_example(example, tok)
+    chosen, rejected = encode_preference(example, tok)
+    assert enc == chosen
+    for e in (chosen, rejected):
+        assert f"tokens {len(e)}   trained {e.num_trained}" in result.output
+    highlighted = [
+        "".join(t.plain[s.start : s.end] for s in t.spans if str(s.style).startswith(TRAINED_STYLE))
+        for t in panel.renderable.renderables
+        if isinstance(t, type(render_tokens(chosen, tok))) and t.spans
+    ]
+    assert "Sure, a new one is on its way.<|im_end|>" in highlighted
+    assert "Not my problem.<|im_end|>" in highlighted

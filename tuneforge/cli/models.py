@@ -30,26 +30,96 @@ def models_list(*, store: StoreOptions, as_json: bool = JSON_OPTION) -> None:
     console.print(table)
 
 
+EXPORT_FORMATS = ("hf", "gguf")
+
+
 @models_app.command("export")
 @store_options("data_dir", "database_url", "org")
 def models_export(
-    model_id: str = typer.Argument(..., help="A fine-tuned model or checkpoint id (ft:...)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (must be empty)."),
+    model: str = typer.Argument(
+        ..., help="A run (model folder), or a fine-tuned model or checkpoint id (ft:...)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="hf: the folder to write (must be empty); gguf: the .gguf file."
+    ),
+    format: str = typer.Option(
+        "hf", "--format", help="hf: a Hugging Face folder; gguf: one file for llama.cpp / Ollama."
+    ),
+    type: str = typer.Option(
+        "f16", "--type", help="GGUF weights: f32 (exact), f16, bf16 or q8_0 (8-bit, ~half of f16)."
+    ),
     merge: bool = typer.Option(
-        False, "--merge", help="Fold a LoRA adapter into its base: full safetensors weights."
+        False, "--merge", help="hf: fold a LoRA adapter into its base (full safetensors weights)."
+    ),
+    ollama: bool = typer.Option(
+        False, "--ollama", help="gguf: also write an Ollama Modelfile; prints `ollama create`."
     ),
     *,
     store: StoreOptions,
 ) -> None:
-    """Copy a fine-tuned model out of the store as a standard Hugging Face folder."""
+    """Export a fine-tuned model: a Hugging Face folder, or GGUF for llama.cpp and Ollama.
+
+    A LoRA run is merged into its base for GGUF. The GGUF carries the tokenizer, the chat
+    template, the end-of-turn token and sampling defaults, so llama.cpp and Ollama prompt and
+    stop as TuneForge does.
+    """
+    if format not in EXPORT_FORMATS:
+        fail(f"unknown --format {format!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    if format == "hf" and ollama:
+        fail("--ollama goes with --format gguf")
+    source = Path(model)
+    if not source.is_dir():
+        try:
+            source = store_call(store.client).model_path(model)
+        except KeyError:
+            fail(f"{model}: neither a model folder nor a fine-tuned model id of the store")
+    if format == "gguf":
+        _export_gguf(model, source, out, type, ollama)
+        return
     from tuneforge.modeling.folder import export_model
 
-    source = store_call(store.client().model_path, model_id)
     try:
         dest = export_model(source, out, merge=merge)
     except (FileExistsError, OSError, ValueError) as err:
         fail(err)
-    console.print(f"{model_id} -> {dest}", highlight=False)
+    console.print(f"{model} -> {dest}", highlight=False)
+
+
+def _export_gguf(model: str, source: Path, out: Path, type: str, ollama: bool) -> None:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from tuneforge.modeling.gguf import GGUFError
+    from tuneforge.modeling.gguf_export import export_gguf
+
+    columns = ("{task.description}", BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task(f"writing {out.name}", total=None)
+        try:
+            result = export_gguf(
+                source,
+                out,
+                type=type,
+                ollama=ollama,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except (GGUFError, OSError) as err:
+            bar.stop()
+            fail(err)
+    size = f"{result.n_bytes / 1e6:.1f} MB"
+    console.print(
+        f"{model} -> {result.path} ({result.architecture}, {result.type}, {size})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    stops = ", ".join(result.stop_tokens)
+    console.print(f"stops at: {stops}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"run it: llama-cli -m {result.path} -cnv", markup=False, highlight=False, soft_wrap=True
+    )
+    if result.modelfile is not None:
+        console.print(f"Modelfile: {result.modelfile}", markup=False, highlight=False)
+        console.print(result.ollama_command, markup=False, highlight=False, soft_wrap=True)
 
 
 @models_app.command("import")

@@ -56,7 +56,7 @@ def serve(
         help="Start on a non-loopback --host with no API key (refused otherwise).",
     ),
 ) -> None:
-    """Serve the base model and its fine-tunes with OpenAI's inference API."""
+    """Serve the base model and its fine-tunes with OpenAI's API, and the web dashboard at /."""
     import uvicorn
     from pydantic import ValidationError
 

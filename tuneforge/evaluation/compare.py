@@ -130,6 +130,31 @@ def build_stats(metrics: list[dict[str, Any]], has_general: bool) -> list[Stat]:
             description="replies with a blocklisted phrase",
         ),
         Stat("empty_rate", "behaviour", "ratio", flag("empty"), False, description="empty replies"),
+        # Preference pairs only (rows without values are left out of the table).
+        Stat(
+            "preference_accuracy",
+            "preference",
+            "ratio",
+            ex(lambda rs: _col(rs, "prefers_chosen")),
+            True,
+            description="pairs whose preferred reply has the higher log-probability",
+        ),
+        Stat(
+            "reward_accuracy",
+            "preference",
+            "ratio",
+            ex(lambda rs: _col(rs, "reward_win")),
+            True,
+            description="pairs whose preferred reply has the higher DPO reward vs the baseline",
+        ),
+        Stat(
+            "reward_margin",
+            "preference",
+            "ratio",
+            ex(lambda rs: _col(rs, "reward_margin")),
+            True,
+            description="mean DPO reward of the preferred minus the non-preferred reply",
+        ),
         Stat(
             "never_ending_rate",
             "behaviour",

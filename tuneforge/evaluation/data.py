@@ -5,7 +5,11 @@ Each example is encoded exactly as training encodes it (`tokenize.encode`, the m
 conversation up to its last assistant message, rendered by the chat template as serving renders
 it (`render_prompt`); that message's content is the reference. Prompt-completion examples are
 prompted with their prompt tokens (as `encode` tokenizes them) and scored against the completion.
-Plain-text examples have no reference: they only get likelihood metrics.
+Plain-text examples have no reference: they only get likelihood metrics. A preference example
+is its input with the preferred reply (the reference, scored and prompted like a chat example)
+plus the non-preferred reply, scored too (`rejected`), both encoded as preference tuning
+encodes them (`tokenize.encode_preference`): the pair's log-probabilities give the preference
+accuracy and, against a reference model, DPO's reward accuracy and margin.
 """
 
 from __future__ import annotations
@@ -17,7 +21,14 @@ from typing import Any
 
 from tuneforge.data.io import detect_format
 from tuneforge.evaluation.loading import EvalError
-from tuneforge.tokenize import IGNORE_INDEX, Encoded, encode, fit_length, render_prompt
+from tuneforge.tokenize import (
+    IGNORE_INDEX,
+    Encoded,
+    encode,
+    encode_preference,
+    fit_length,
+    render_prompt,
+)
 from tuneforge.training.data import read_examples
 
 
@@ -31,6 +42,7 @@ class EvalExample:
     prompt_ids: list[int] | None  # None when there is nothing to generate (text, no reference)
     prompt: str  # the last user turn or the prompt, for the report
     reference: str | None
+    rejected: Encoded | None = None  # a preference example's non-preferred conversation
 
 
 def read_holdout(
@@ -45,7 +57,8 @@ def read_holdout(
 
     Over-long examples are truncated to `max_length` tokens for the likelihood (never dropped:
     dropping would flatter the model). Raises EvalError for an unreadable or empty file, mixed
-    formats, preference data, or a format other than `expected_format` (the training data's).
+    formats, or a format other than `expected_format` (the training data's; chat and preference
+    data count as one: both are conversations).
     """
     try:
         rows = read_examples(path)
@@ -68,12 +81,9 @@ def read_holdout(
         seen = ", ".join(f"{fmt} (first at line {line})" for fmt, line in formats.items())
         raise EvalError(f"{path}: the hold-out file mixes formats: {seen}; use one format")
     (fmt,) = formats
-    if fmt == "preference":
-        raise EvalError(
-            f"{path}: preference examples cannot be evaluated as replies; use chat examples "
-            "whose last assistant message is the preferred reply"
-        )
-    if expected_format is not None and fmt != expected_format:
+    conversations = {"chat", "preference"}
+    same = fmt == expected_format or {fmt, expected_format} <= conversations
+    if expected_format is not None and not same:
         raise EvalError(
             f"{path}: the hold-out file holds {fmt} examples but the model was trained on "
             f"{expected_format} examples; evaluate on hold-out data in the training format"
@@ -89,9 +99,34 @@ def read_holdout(
     return out
 
 
+def _preference_example(line: int, row: dict, tokenizer: Any, max_length: int) -> EvalExample:
+    chosen, rejected = encode_preference(row, tokenizer)
+    fitted = [fit_length(e, max_length, "truncate") for e in (chosen, rejected)]
+    scored = fitted[0] is not None and fitted[1] is not None
+    messages = row["input"]["messages"]
+    prompt_ids = render_prompt(messages, tokenizer, row["input"].get("tools") or None)
+    if len(prompt_ids) >= max_length:
+        prompt_ids = prompt_ids[-(max_length - 1) :]
+    preferred = row.get("preferred_output", row.get("preferred_completion"))
+    if isinstance(preferred, list):
+        preferred = _join(preferred[-1].get("content")) if preferred else ""
+    users = [m for m in messages if m.get("role") == "user"]
+    return EvalExample(
+        line,
+        "preference",
+        fitted[0] if scored else None,
+        prompt_ids,
+        _join(users[-1].get("content")) if users else "",
+        preferred if isinstance(preferred, str) else "",
+        fitted[1] if scored else None,
+    )
+
+
 def _example(
     line: int, row: dict, fmt: str, tokenizer: Any, train_on: str, max_length: int
 ) -> EvalExample:
+    if fmt == "preference":
+        return _preference_example(line, row, tokenizer, max_length)
     enc = encode(row, tokenizer, train_on=train_on, format=fmt)
     fitted = fit_length(enc, max_length, "truncate") if enc.num_trained else None
     prompt_ids = reference = None

@@ -22,7 +22,7 @@ from rich.table import Table
 from tuneforge.evaluation.loading import EvalError, read_manifest
 from tuneforge.training.metrics import read_metrics
 
-GROUP_ORDER = ("likelihood", "generation", "custom", "behaviour", "forgetting")
+GROUP_ORDER = ("likelihood", "preference", "generation", "custom", "behaviour", "forgetting")
 
 
 # --- numbers --------------------------------------------------------------------------------

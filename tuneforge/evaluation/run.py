@@ -187,6 +187,9 @@ def evaluate_model(
     losses = iter(
         example_losses(lm, [e.encoded for e in scored], tokenizer.pad_token_id, settings.batch_size)
     )
+    # Preference pairs: the non-preferred reply's log-probability too.
+    paired = [e.rejected for e in scored if e.rejected is not None]
+    rejected = iter(example_losses(lm, paired, tokenizer.pad_token_id, settings.batch_size))
     records: list[dict[str, Any]] = []
     for e in examples:
         loss_sum, n, correct = next(losses) if e.encoded is not None else (None, 0, 0)
@@ -200,6 +203,13 @@ def evaluate_model(
                 "n_correct": correct,
             }
         )
+        if e.encoded is not None and e.rejected is not None:
+            chosen_logp, rejected_logp = -float(loss_sum or 0.0), -next(rejected)[0]
+            records[-1].update(
+                chosen_logp=chosen_logp,
+                rejected_logp=rejected_logp,
+                prefers_chosen=float(chosen_logp > rejected_logp),
+            )
     timing["likelihood_s"] = time.perf_counter() - start
 
     to_generate = [i for i, e in enumerate(examples) if e.prompt_ids is not None]
@@ -256,6 +266,8 @@ def evaluate_model(
         "dtype_reason": loaded.dtype_reason,
         "train_on": train_on,
         "max_length": max_length,
+        # DPO's beta, for the implicit rewards against a reference (`add_rewards`).
+        "beta": ((loaded.manifest.get("config") or {}).get("dpo") or {}).get("beta"),
         "generation": generation.to_dict() if settings.generate else None,
         "metrics": [_metric_meta(m, "generation") for m in metrics]
         + [_metric_meta(m, "custom") for m in custom],
@@ -291,6 +303,29 @@ def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def add_rewards(run: dict[str, Any], reference: dict[str, Any]) -> float | None:
+    """DPO's implicit rewards of `run` against `reference` (its starting model, normally the
+    baseline) on preference pairs: per pair `reward_margin` = beta x ((chosen gain) - (rejected
+    gain)), gains in log-probability over the reference, and `reward_win` (margin > 0, as
+    training counts it). The reference scores 0 and no win against itself. Returns the beta
+    used (the run's dpo.beta, else 0.1), or None without preference pairs."""
+    from tuneforge.training.config import AUTO_BETA
+
+    beta = run.get("beta")
+    beta = float(beta) if isinstance(beta, (int, float)) else AUTO_BETA
+    found = False
+    for mine, ref in zip(run["examples"], reference["examples"], strict=True):
+        if mine.get("rejected_logp") is None or ref.get("rejected_logp") is None:
+            continue
+        gain_c = mine["chosen_logp"] - ref["chosen_logp"]
+        gain_r = mine["rejected_logp"] - ref["rejected_logp"]
+        margin = beta * (gain_c - gain_r)
+        mine.update(reward_margin=margin, reward_win=float(margin > 0))
+        ref.update(reward_margin=0.0, reward_win=0.0)
+        found = True
+    return beta if found else None
 
 
 def compare(
@@ -383,7 +418,13 @@ def run_eval(
         base_run = evaluate_model(
             baseline, data, general=general, settings=same, metrics=builtin, console=console
         )
+    beta = add_rewards(run, base_run) if base_run is not None else None
     result = compare(run, base_run, n_boot=settings.n_boot, seed=settings.seed)
+    if beta is not None:
+        result["notes"].append(
+            f"reward_accuracy and reward_margin are DPO's implicit rewards (beta {beta:g}) "
+            "of the model against the baseline as its reference"
+        )
     model_dir = Path(model) if Path(model).is_dir() else None
     result.update(
         {

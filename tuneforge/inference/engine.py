@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from tuneforge.inference.constraint import Constraint, compile_grammar
 from tuneforge.inference.decoding import Decoder, start_seqs
 from tuneforge.inference.lanes import left_pad, new_cache, select_rows
 from tuneforge.inference.params import (
@@ -197,6 +198,15 @@ class Engine:
         the template cannot render.
         """
         return self._models.vocab(entry).prepare_chat(messages, tools, max_chars)
+
+    def compile_constraint(self, entry: ModelEntry, grammar: str) -> Constraint:
+        """`grammar` compiled for `entry`'s tokenizer (call off the event loop; ValueError with
+        the reason when the grammar library refuses it)."""
+        return compile_grammar(self._models.vocab(entry).ll_tokenizer(), grammar)
+
+    def tool_family(self, entry: ModelEntry) -> str:
+        """The tool-call format of `entry`'s chat template (`tool_calls.tool_family`)."""
+        return self._models.vocab(entry).tool_family
 
     def encode(self, entry: ModelEntry, text: str, max_chars: int | None = None) -> list[int]:
         """Token ids of `text`; over `max_chars` characters it is refused untokenized."""

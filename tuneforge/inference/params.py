@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tuneforge.inference.registry import ModelEntry
+
+if TYPE_CHECKING:
+    from tuneforge.inference.constraint import Constraint
 
 FinishReason = Literal["stop", "length"]
 
@@ -71,7 +74,8 @@ class GenerationRequest:
     """One request: `n` choices continuing `prompt_ids` on `model`.
 
     `extra_eos` are token ids that end generation besides the model's EOS (for chat, the
-    template's end-of-turn token, e.g. `<|im_end|>`).
+    template's end-of-turn token, e.g. `<|im_end|>`). `constraint` is a compiled grammar the
+    text must follow (`response_format` json_schema, a forced tool call).
     """
 
     model: ModelEntry
@@ -79,6 +83,7 @@ class GenerationRequest:
     params: SamplingParams
     n: int = 1
     extra_eos: tuple[int, ...] = ()
+    constraint: Constraint | None = None
 
 
 class EngineError(Exception):

@@ -85,6 +85,9 @@ def draw(
         assert probs is not None
         return int(torch.multinomial(probs, 1, generator=generator))
     if greedy:
+        best = int(logits.argmax())  # almost always allowed: no sort of the vocabulary
+        if allowed(best):
+            return best
         order = logits.argsort(descending=True).tolist()
         return next((t for t in order if allowed(t)), None)
     assert probs is not None

@@ -13,10 +13,12 @@ tokenizer releases the GIL). One long prompt never makes a short one wait.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from tuneforge.inference.params import PromptTooLong
 from tuneforge.inference.tokens import token_bytes_table
+from tuneforge.inference.tool_calls import tool_family
 from tuneforge.tokenize.tokenizer import stop_ids
 
 
@@ -41,6 +43,10 @@ class Vocab:
         self._bytes: list[bytes | None] | None = None
         self._single: dict[int, int] | None = None
         self._max_chars: int | None = None
+        template = getattr(tokenizer, "chat_template", None)
+        self.tool_family = tool_family(template if isinstance(template, str) else None)
+        self._lltok: Any = None
+        self._lltok_lock = threading.Lock()
 
     # -- tables --------------------------------------------------------------------------------
 
@@ -60,6 +66,16 @@ class Vocab:
         self.bytes_table()
         assert self._single is not None
         return self._single
+
+    def ll_tokenizer(self) -> Any:
+        """The tokenizer as the grammar library sees it (built on first use, off the
+        scheduler thread: constraints are compiled by request handlers)."""
+        with self._lltok_lock:
+            if self._lltok is None:
+                from tuneforge.inference.constraint import ll_tokenizer
+
+                self._lltok = ll_tokenizer(self.tokenizer, self.chat_stop_ids)
+            return self._lltok
 
     def max_token_chars(self) -> int:
         """The most characters one token can stand for: a text of `k * max_token_chars()`

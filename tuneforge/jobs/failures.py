@@ -58,6 +58,9 @@ def describe(err: BaseException, overrides: dict[str, Any]) -> dict[str, Any]:
     """
     train = overrides.get("data.train")
     valid = overrides.get("data.valid")
+    ext = (
+        "method.dpo.tuneforge" if overrides.get("task") == "dpo" else "method.supervised.tuneforge"
+    )
 
     def named(text: str) -> str:
         # The store names files by id (files/<file-id>.<ext>): show the id, not the path.
@@ -66,12 +69,15 @@ def describe(err: BaseException, overrides: dict[str, Any]) -> dict[str, Any]:
                 text = text.replace(str(path), what)
         return text
 
+    mismatch = _format_mismatch(err, named(str(err)))
+    if mismatch is not None:
+        return mismatch
     problems = getattr(err, "problems", None)
     if problems:  # a ConfigError: every problem of the settings
         return error(
             "invalid_training_config",
             "Invalid training settings: " + named("; ".join(problems)),
-            "method.supervised.tuneforge",
+            ext,
         )
     message = named(str(err))
     if "no trainable example left" in message:
@@ -80,7 +86,7 @@ def describe(err: BaseException, overrides: dict[str, Any]) -> dict[str, Any]:
             "invalid_training_file",
             "No example of the training file can be trained: every one was dropped (longer "
             f"than data.max_length = {max_length} tokens, or with no trainable tokens). Raise "
-            "method.supervised.tuneforge data.max_length, set data.too_long to 'truncate', "
+            f"{ext} data.max_length, set data.too_long to 'truncate', "
             "or shorten the examples.",
             "training_file",
         )
@@ -97,6 +103,35 @@ def describe(err: BaseException, overrides: dict[str, Any]) -> dict[str, Any]:
             "training_file",
         )
     return error("training_failed", f"{type(err).__name__}: {message}")
+
+
+def _format_mismatch(err: BaseException, message: str) -> dict[str, Any] | None:
+    """The `error` of a job whose data is not what its method trains: preference examples in a
+    supervised job, or chat (or other) examples in a DPO job. None for any other error."""
+    from tuneforge.tokenize.encode import FormatMismatch
+
+    if not isinstance(err, FormatMismatch):
+        return None
+    param = "validation_file" if message.startswith("the validation file") else "training_file"
+    what = "validation file" if param == "validation_file" else "training file"
+    line = message.split(": ", 1)[0].rpartition(":")[2]  # "the training file:3" -> "3"
+    at = f"from line {line}" if line.isdigit() else "at least one"
+    if err.wanted == "supervised":
+        text = (
+            f"The {what} holds preference examples ({at}: input, preferred_output and "
+            "non_preferred_output), but the job is method.type 'supervised', which trains "
+            "chat or prompt-completion examples. Create the job with method.type 'dpo' to "
+            "train on preferences."
+        )
+    else:
+        text = (
+            f"The {what} holds {err.found} examples ({at}), but the job is method.type "
+            "'dpo', which trains preference examples (input, preferred_output and "
+            "non_preferred_output). Upload preference data, or create the job with "
+            "method.type 'supervised'."
+        )
+    code = "invalid_validation_file" if param == "validation_file" else "invalid_training_file"
+    return error(code, text, param)
 
 
 def _is_out_of_memory(err: BaseException) -> bool:

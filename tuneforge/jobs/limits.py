@@ -34,7 +34,8 @@ if sys.version_info >= (3, 11):
 else:
     import sre_parse as _sre
 
-# TrainConfig keys a client may set in `method.supervised.tuneforge` (dotted). Everything
+# TrainConfig keys a client may set in `method.supervised.tuneforge` / `method.dpo.tuneforge`
+# (dotted). Everything
 # else is the server's: the model and data locations, the output folder, resuming, and
 # `model.trust_remote_code` (the operator's switch: a client turning it on would run a Hub
 # repo's Python on the server).
@@ -59,6 +60,8 @@ CLIENT_KEYS = frozenset(
         "unfreeze.start_blocks",
         "unfreeze.depth",
         "classify.labels",
+        "dpo.beta",
+        "dpo.label_smoothing",
         "parent.replay",
         "parent.lr_factor",
         "optim.epochs",

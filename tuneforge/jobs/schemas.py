@@ -73,9 +73,10 @@ class JobPublic(BaseModel):
     @classmethod
     def of(cls, j: Job) -> JobPublic:
         method = dict(j.method)
-        supervised = dict(method.get("supervised") or {})
-        supervised["hyperparameters"] = j.hyperparameters
-        method["supervised"] = supervised
+        kind = method.get("type", "supervised")
+        settings = dict(method.get(kind) or {})
+        settings["hyperparameters"] = j.hyperparameters
+        method[kind] = settings
         return cls(
             id=j.id,
             created_at=j.created_at,
@@ -129,6 +130,11 @@ class CheckpointMetrics(BaseModel):
     valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None
     full_valid_mean_token_accuracy: float | None = None
+    # Preference (DPO) jobs: see docs/preference.md.
+    train_reward_accuracy: float | None = None
+    train_reward_margin: float | None = None
+    valid_reward_accuracy: float | None = None
+    valid_reward_margin: float | None = None
 
 
 class CheckpointPublic(BaseModel):

@@ -12,7 +12,10 @@ job is created, with every problem listed at once.
 
 OpenAI's hyperparameters map onto the config: `n_epochs` -> optim.epochs, `batch_size` ->
 optim.batch_size, `learning_rate_multiplier` -> optim.lr = multiplier x the method's "auto" LR
-for the model's width (`tuneforge.auto.auto_lr`). "auto" keeps TrainConfig's "auto".
+for the model's width (`tuneforge.auto.auto_lr`), and for `method.type: dpo` (preference
+tuning: task 'dpo') `beta` -> dpo.beta. "auto" keeps TrainConfig's "auto". A DPO job takes
+its settings from `method.dpo` (`hyperparameters`, `tuneforge`) as a supervised one does from
+`method.supervised`.
 """
 
 from __future__ import annotations
@@ -73,29 +76,68 @@ class Hyperparameters(BaseModel):
         return v
 
 
+class DpoHyperparameters(Hyperparameters):
+    """OpenAI's DPO hyperparameters: the supervised ones and `beta`."""
+
+    beta: float | Auto = Field(
+        "auto", description="DPO's beta: the pull towards the reference (auto: 0.1)."
+    )
+
+    @field_validator("beta")
+    @classmethod
+    def _positive_beta(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not 0 < v <= 100:
+            raise ValueError("must be in (0, 100], or 'auto'")
+        return v
+
+
+_TUNEFORGE_FIELD = Field(
+    None,
+    description="TuneForge settings: TrainConfig keys (nested or dotted) of the API's "
+    "allowlist, within the server's caps, e.g. {'method': 'lora', 'lora': {'r': 8}, "
+    "'optim': {'max_steps': 100}, 'early_stop': {'patience': 3}}.",
+)
+
+
 class SupervisedMethod(BaseModel):
     """`method.supervised`: OpenAI's hyperparameters and TuneForge's extension settings."""
 
     model_config = ConfigDict(extra="forbid")
 
     hyperparameters: Hyperparameters | None = None
-    tuneforge: dict[str, Any] | None = Field(
-        None,
-        description="TuneForge settings: TrainConfig keys (nested or dotted) of the API's "
-        "allowlist, within the server's caps, e.g. {'method': 'lora', 'lora': {'r': 8}, "
-        "'optim': {'max_steps': 100}, 'early_stop': {'patience': 3}}.",
-    )
+    tuneforge: dict[str, Any] | None = _TUNEFORGE_FIELD
+
+
+class DpoMethod(BaseModel):
+    """`method.dpo`: OpenAI's DPO hyperparameters and TuneForge's extension settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparameters | None = None
+    tuneforge: dict[str, Any] | None = _TUNEFORGE_FIELD
 
 
 class Method(BaseModel):
-    """`method`: only `supervised` is trained today."""
+    """`method`: `supervised` and `dpo` are trained; `reinforcement` is refused."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
-    dpo: dict[str, Any] | None = None
+    dpo: DpoMethod | None = None
     reinforcement: dict[str, Any] | None = None
+
+
+def method_type(req: JobCreate) -> str:
+    """ "supervised" or "dpo": the objective a job trains."""
+    return req.method.type if req.method is not None else "supervised"
+
+
+def _section(req: JobCreate) -> SupervisedMethod | DpoMethod | None:
+    """The request's `method.<type>` object (None when not given)."""
+    if req.method is None:
+        return None
+    return req.method.dpo if req.method.type == "dpo" else req.method.supervised
 
 
 class JobCreate(BaseModel):
@@ -145,29 +187,36 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def effective_hyperparameters(req: JobCreate) -> Hyperparameters:
-    """The requested hyperparameters: `method.supervised.hyperparameters`, else the deprecated
-    top-level `hyperparameters` (giving both, differently, is refused)."""
-    in_method = (
-        req.method.supervised.hyperparameters if req.method and req.method.supervised else None
-    )
+    """The requested hyperparameters: `method.<type>.hyperparameters`, else the deprecated
+    top-level `hyperparameters` (giving both, differently, is refused). A DPO job's are
+    `DpoHyperparameters` (with `beta`)."""
+    kind = method_type(req)
+    section = _section(req)
+    in_method = section.hyperparameters if section is not None else None
     both = in_method is not None and req.hyperparameters is not None
     if both and in_method != req.hyperparameters:
         raise InvalidRequest(
             "Give hyperparameters once: `hyperparameters` is deprecated in favour of "
-            "`method.supervised.hyperparameters`.",
+            f"`method.{kind}.hyperparameters`.",
             param="hyperparameters",
         )
+    if kind == "dpo":
+        if in_method is None and req.hyperparameters is not None:
+            return DpoHyperparameters(**req.hyperparameters.model_dump())
+        return in_method or DpoHyperparameters()
     return in_method or req.hyperparameters or Hyperparameters()
 
 
 def tuneforge_overrides(req: JobCreate) -> dict[str, Any]:
     """The extension settings as dotted TrainConfig keys (not yet checked: see
     `plan_training`)."""
-    ext = req.method.supervised.tuneforge if req.method and req.method.supervised else None
-    return _flatten(ext or {})
+    section = _section(req)
+    return _flatten((section.tuneforge if section is not None else None) or {})
 
 
-def _refuse(problems: list[str], params: dict[str, str]) -> InvalidRequest:
+def _refuse(
+    problems: list[str], params: dict[str, str], ext_path: str = "method.supervised.tuneforge"
+) -> InvalidRequest:
     """One 400 listing every problem; `param` names the first problem's setting as the client
     sent it (`params`: dotted key -> request path), else the extension as a whole.
 
@@ -176,8 +225,7 @@ def _refuse(problems: list[str], params: dict[str, str]) -> InvalidRequest:
     """
     problems = [public_message(p) for p in problems]
     param = next(
-        (params[k] for k in (p.split(":", 1)[0] for p in problems) if k in params),
-        "method.supervised.tuneforge",
+        (params[k] for k in (p.split(":", 1)[0] for p in problems) if k in params), ext_path
     )
     return InvalidRequest(
         "Invalid training settings: " + "; ".join(problems),
@@ -187,16 +235,34 @@ def _refuse(problems: list[str], params: dict[str, str]) -> InvalidRequest:
 
 
 def check_method(req: JobCreate) -> None:
-    """Refuse methods TuneForge cannot train yet, with a clear message."""
-    if req.method is None or req.method.type == "supervised":
+    """Refuse methods TuneForge cannot train yet, and settings given for another method than
+    the job's, with a clear message."""
+    if req.method is None:
         return
-    raise InvalidRequest(
-        f"method.type {req.method.type!r} is not supported yet: TuneForge trains supervised "
-        "fine-tunes (full, LoRA, frozen layers) only; preference (DPO) and reinforcement "
-        "fine-tuning are planned. Use method.type 'supervised'.",
-        param="method.type",
-        code="unsupported_method",
-    )
+    kind = req.method.type
+    if kind == "reinforcement":
+        raise InvalidRequest(
+            "method.type 'reinforcement' is not supported yet: TuneForge trains supervised "
+            "and preference (DPO) fine-tunes (full, LoRA, frozen layers). Use method.type "
+            "'supervised' or 'dpo'.",
+            param="method.type",
+            code="unsupported_method",
+        )
+    other = "dpo" if kind == "supervised" else "supervised"
+    if getattr(req.method, other) is not None:
+        raise InvalidRequest(
+            f"method.{other} is given but method.type is {kind!r}: put the settings in "
+            f"method.{kind}.",
+            param=f"method.{other}",
+        )
+    task = (tuneforge_overrides(req)).get("task")
+    if task is not None and (task == "dpo") != (kind == "dpo"):
+        raise InvalidRequest(
+            f"method.{kind}.tuneforge task {task!r} does not fit method.type {kind!r}: a "
+            "preference (DPO) fine-tune is method.type 'dpo', any other task is 'supervised'.",
+            param=f"method.{kind}.tuneforge",
+            code="invalid_tuneforge_config",
+        )
 
 
 def plan_training(
@@ -221,6 +287,8 @@ def plan_training(
 
     limits = limits or JobLimits()
     check_method(req)
+    kind = method_type(req)
+    ext_path = f"method.{kind}.tuneforge"
     hp = effective_hyperparameters(req)
     ext = tuneforge_overrides(req)
     refused = key_problems(ext, RESERVED_KEYS)
@@ -232,17 +300,18 @@ def plan_training(
         "batch_size": "optim.batch_size",
         "learning_rate_multiplier": "optim.lr",
     }
+    if isinstance(hp, DpoHyperparameters):
+        clash["beta"] = "dpo.beta"
     for name, key in clash.items():
         if getattr(hp, name) != "auto" and key in ext:
             raise InvalidRequest(
-                f"hyperparameters.{name} and method.supervised.tuneforge {key} both set the "
-                "same thing; give one.",
-                param="method.supervised.tuneforge",
+                f"hyperparameters.{name} and {ext_path} {key} both set the same thing; give one.",
+                param=ext_path,
                 code="invalid_tuneforge_config",
             )
     # Where each setting came from in the request, for the `param` of a refusal.
-    params = {k: f"method.supervised.tuneforge.{k}" for k in ext}
-    hp_path = "hyperparameters" if req.hyperparameters else "method.supervised.hyperparameters"
+    params = {k: f"{ext_path}.{k}" for k in ext}
+    hp_path = "hyperparameters" if req.hyperparameters else f"method.{kind}.hyperparameters"
     for name, key in clash.items():
         if getattr(hp, name) != "auto":
             params[key] = f"{hp_path}.{name}"
@@ -250,6 +319,10 @@ def plan_training(
         overrides["optim.epochs"] = hp.n_epochs
     if hp.batch_size != "auto":
         overrides["optim.batch_size"] = hp.batch_size
+    if kind == "dpo":
+        overrides["task"] = "dpo"
+        if isinstance(hp, DpoHyperparameters) and hp.beta != "auto":
+            overrides["dpo.beta"] = float(hp.beta)
     if hp.learning_rate_multiplier != "auto":
         method = str(ext.get("method", "lora"))
         start = parent_path or base_path
@@ -282,7 +355,7 @@ def plan_training(
     # become), else on the numbers as sent; hyperparameters count as their config keys.
     problems += limits.config_problems(overrides, cfg)
     if problems:
-        raise _refuse(problems, params)
+        raise _refuse(problems, params, ext_path)
     return {k: v for k, v in overrides.items() if v is not None}
 
 
@@ -295,8 +368,11 @@ def resolved_hyperparameters(config: dict[str, Any], width: int | None = None) -
     lr = optim.get("lr")
     method = config.get("method", "lora")
     multiplier = round(lr / auto_lr(method, width), 6) if isinstance(lr, (int, float)) else lr
-    return {
+    resolved = {
         "n_epochs": optim.get("epochs"),
         "batch_size": optim.get("batch_size"),
         "learning_rate_multiplier": multiplier,
     }
+    if config.get("task") == "dpo":
+        resolved["beta"] = config.get("dpo", {}).get("beta")
+    return resolved

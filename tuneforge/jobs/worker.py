@@ -59,6 +59,12 @@ log = logging.getLogger("tuneforge.jobs.worker")
 PARENT_ENV = "TUNEFORGE_WORKER_PID"
 
 MAX_ATTEMPTS = 5
+_DPO_CHECKPOINT_KEYS = (
+    "train_reward_accuracy",
+    "train_reward_margin",
+    "valid_reward_accuracy",
+    "valid_reward_margin",
+)
 
 
 @dataclass
@@ -441,6 +447,8 @@ class Worker:
                     "valid_mean_token_accuracy",
                 )
             }
+            # A preference (DPO) run's reward accuracy and margin, where it has them.
+            metrics.update({k: rec[k] for k in _DPO_CHECKPOINT_KEYS if k in rec})
             found.append((step, path, metrics))
         self.store.sync_checkpoints(job, found, self.worker_id)
 

@@ -13,7 +13,7 @@ A model folder is a Hugging Face folder plus TuneForge's manifest:
 
 Readers: `read_folder` (kind, base, parent, manifest; `end_of_turn_ids` from the tokenizer),
 `read_manifest`, `detect_kind`, `is_model_folder`. Writers: `write_manifest`, `staged_export`,
-`export_model`. Tokenizers are loaded by `tuneforge.tokenize.tokenizer` (`load_tokenizer`,
+`export_model`, `load_merged`. Tokenizers are loaded by `tuneforge.tokenize.tokenizer` (`load_tokenizer`,
 and `end_of_turn_ids` for where a reply ends).
 
 Importing this module imports neither torch nor transformers (the job worker uses the
@@ -384,6 +384,25 @@ def staged_export(out: str | Path) -> Iterator[Path]:
             shutil.rmtree(stage)
 
 
+def load_merged(source: str | Path, dtype: Any = "auto") -> Any:
+    """The folder's causal LM with full weights: a LoRA adapter is applied on the model it
+    `loads_on` and folded in (`merge_and_unload`); full weights load as they are.
+
+    The one place an adapter is merged for export (merged safetensors, GGUF).
+    """
+    from transformers import AutoModelForCausalLM
+
+    folder = read_folder(source)
+    if not folder.is_adapter:
+        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, use_safetensors=True)
+    from peft import PeftModel
+
+    if folder.loads_on is None:
+        raise ValueError(f"{source}: adapter without a base model to apply it on")
+    base = AutoModelForCausalLM.from_pretrained(folder.loads_on, dtype=dtype, use_safetensors=True)
+    return PeftModel.from_pretrained(base, str(source)).merge_and_unload(safe_merge=True)
+
+
 def export_model(source: str | Path, dest: str | Path, merge: bool = False) -> Path:
     """Copy a fine-tuned model (or checkpoint) folder to `dest` as a standard Hugging Face
     folder, without the training state; with `merge`, fold a LoRA adapter into its base and
@@ -399,12 +418,9 @@ def export_model(source: str | Path, dest: str | Path, merge: bool = False) -> P
     # no folder that looks whole.
     with staged_export(dest) as stage:
         if merge and read_folder(source).is_adapter:
-            from peft import AutoPeftModelForCausalLM
             from transformers import AutoTokenizer
 
-            model = AutoPeftModelForCausalLM.from_pretrained(str(source))
-            merged = model.merge_and_unload(safe_merge=True)
-            merged.save_pretrained(str(stage), safe_serialization=True)
+            load_merged(source).save_pretrained(str(stage), safe_serialization=True)
             AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(stage))
             if (source / MANIFEST_FILE).is_file():
                 shutil.copy2(source / MANIFEST_FILE, stage / MANIFEST_FILE)

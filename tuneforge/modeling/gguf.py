@@ -41,7 +41,12 @@ _ARCH_ALIASES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "g
 _NOT_CAUSAL_LM = {"general", "tokenizer", "t5", "t5encoder", "umt5"}
 
 
-class GGUFImportError(ValueError):
+class GGUFError(ValueError):
+    """A GGUF import or export that cannot be done; the message is one line, fit for the
+    command line."""
+
+
+class GGUFImportError(GGUFError):
     """A file that cannot be imported; the message is one line, fit for the command line."""
 
 

@@ -46,13 +46,14 @@ from fastapi.responses import JSONResponse
 
 from tuneforge.inference.engine import Engine, EngineConfig
 from tuneforge.inference.registry import ModelEntry, ModelRegistry, detect_kind
-from tuneforge.server import jobs
+from tuneforge.server import dashboard, jobs
 from tuneforge.server.auth import KeyTable, get_principal
 from tuneforge.server.errors import ErrorResponse, install_error_handlers
 from tuneforge.server.hosts import HostAllowlist, allowed_hosts, check_exposure
 from tuneforge.server.metrics import Metrics
 from tuneforge.server.middleware import BodyLimitMiddleware, MetricsMiddleware
 from tuneforge.server.routes import chat, completions, files, fine_tuning, health, models
+from tuneforge.server.routes import dashboard as dashboard_routes
 from tuneforge.server.settings import ServerSettings
 
 log = logging.getLogger("tuneforge.server")
@@ -65,6 +66,7 @@ ROUTERS = [
     completions.router,
     files.router,
     fine_tuning.router,
+    dashboard_routes.router,
 ]
 
 # Called with the app once state is set up (registry, settings, metrics), before serving.
@@ -160,6 +162,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    dashboard.mount(app)  # the web page at `/`
     # Outermost first: metrics see every response, including 413s.
     app.add_middleware(
         BodyLimitMiddleware,

@@ -227,19 +227,6 @@ class GenerationHandler:
         unknown = next(iter(body.model_extra or {}), None)
         if unknown is not None:  # OpenAI's own wording for this error
             raise bad_request(f"Unrecognized request argument supplied: {unknown}", param=unknown)
-        tools = getattr(body, "tools", None)
-        choice = getattr(body, "tool_choice", None)
-        if choice is not None and choice != "auto" and not (choice == "none" and not tools):
-            raise bad_request(
-                "tool_choice is not supported: tools are rendered into the prompt and the "
-                'model decides ("auto"); a required or named tool cannot be forced yet',
-                param="tool_choice",
-            )
-        if getattr(body, "parallel_tool_calls", None) is False:
-            raise bad_request(
-                "parallel_tool_calls=false is not supported: tool calls are not parsed yet",
-                param="parallel_tool_calls",
-            )
 
     def logprobs(self, k: int | None) -> None:
         if k is not None and k > self.settings.max_logprobs:
@@ -366,11 +353,11 @@ def event_stream(
     envelope: Envelope,
     *,
     include_usage: bool,
-    choice_of: Callable[[Delta], dict[str, Any]],
+    choice_of: Callable[[Delta], dict[str, Any] | None],
     opening: list[dict[str, Any]] | None = None,
 ) -> StreamingResponse:
     """Server-sent chunks for `stream`: `opening` first, then `choice_of(delta)` for each
-    non-empty delta, a usage chunk when asked, and `data: [DONE]`. An error mid-stream is sent
+    non-empty delta (None: nothing to send for it yet), a usage chunk when asked, and `data: [DONE]`. An error mid-stream is sent
     as an error event; a client that disconnects frees its batch slot."""
     extra = {"usage": None} if include_usage else {}
 
@@ -379,7 +366,12 @@ def event_stream(
             if opening:
                 yield sse(envelope.body(opening, **extra))
             async for deltas in handler.follow(stream):
-                choices = [choice_of(d) for d in deltas if d.text or d.finish_reason or d.logprobs]
+                choices = [
+                    c
+                    for d in deltas
+                    if d.text or d.finish_reason or d.logprobs
+                    if (c := choice_of(d)) is not None
+                ]
                 if choices:
                     yield sse(envelope.body(choices, **extra))
             if include_usage:

@@ -43,12 +43,25 @@ class ModelDeleted(BaseModel):
 
 
 class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an option not implemented is refused
     include_usage: StrictBool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    """`response_format.json_schema`: the schema every reply must match (always enforced by
+    constrained decoding, `strict` or not)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
 
 
 class _SamplingFields(BaseModel):
@@ -101,19 +114,52 @@ class ChatMessageIn(BaseModel):
     tool_call_id: str | None = None
 
 
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatCompletionCreate(_SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     logprobs: StrictBool | None = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = Field(
-        None, description="Rendered into the prompt by the chat template; calls are not parsed."
+    tools: list[ToolDefinition] | None = Field(
+        None,
+        max_length=128,
+        description="Rendered into the prompt by the chat template; the model's calls are "
+        "parsed from its reply in the template's own format into `tool_calls`.",
     )
-    tool_choice: str | dict[str, Any] | None = Field(
-        None, description='Only "auto" (the default) and "none" without tools are accepted.'
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None,
+        description='"auto" (the default with tools), "none" (no call is parsed), "required" or '
+        "a named function (enforced by constrained decoding: the reply is a valid call whose "
+        "arguments match the tool's JSON schema).",
     )
-    parallel_tool_calls: StrictBool | None = Field(None, description="Only true is accepted.")
+    parallel_tool_calls: StrictBool | None = Field(
+        None, description="false: at most one call per reply (the default allows several)."
+    )
 
 
 class TopLogprob(BaseModel):
@@ -130,17 +176,29 @@ class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprobPublic] | None
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
     index: int
     message: ChatMessageOut
     logprobs: ChoiceLogprobs | None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class Usage(BaseModel):

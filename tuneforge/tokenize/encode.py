@@ -20,11 +20,27 @@ from typing import Any
 from jinja2 import TemplateError
 
 from tuneforge.data.io import detect_format
+from tuneforge.data.lengths import preference_chats
+from tuneforge.data.problems import preference_output
 from tuneforge.tokenize.templates import normalize_messages, render_text
 
 IGNORE_INDEX = -100
 TRAIN_ON = ("assistant", "last_assistant", "all")
 FORMATS = ("chat", "prompt_completion", "text")
+
+
+class FormatMismatch(ValueError):
+    """Examples of a format the objective does not train: preference examples for supervised
+    fine-tuning (`found` "preference", `wanted` "supervised"), or others for preference
+    tuning (`found` their format, `wanted` "dpo")."""
+
+    def __init__(self, message: str, found: str, wanted: str):
+        super().__init__(message)
+        self.found, self.wanted = found, wanted
+
+    def at(self, where: str) -> FormatMismatch:
+        """The same mismatch, its message prefixed by where it was found ("file.jsonl:3")."""
+        return FormatMismatch(f"{where}: {self}", self.found, self.wanted)
 
 
 @dataclass
@@ -49,7 +65,7 @@ class Encoded:
         return len(self.input_ids)
 
 
-def _format_of(example: dict, format: str | None) -> str:
+def _format_of(example: dict, format: str | None, preference: bool = False) -> str:
     if format is None:
         detected = detect_format(example)
         if detected is None:
@@ -59,13 +75,16 @@ def _format_of(example: dict, format: str | None) -> str:
             )
         format = str(detected)
     format = str(format.value if hasattr(format, "value") else format).replace("-", "_")
-    if format == "preference":
-        raise ValueError(
+    if format == "preference" and not preference:
+        raise FormatMismatch(
             "preference examples (input / preferred_output / non_preferred_output) are for "
             "preference tuning and cannot be trained by supervised fine-tuning; convert them to "
-            "chat examples (input messages + preferred_output) or use a preference trainer"
+            "chat examples (input messages + preferred_output) or train with task 'dpo' "
+            "(method.type 'dpo' in the fine-tuning API)",
+            "preference",
+            "supervised",
         )
-    if format not in FORMATS:
+    if format not in FORMATS and not (preference and format == "preference"):
         raise ValueError(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")
     return format
 
@@ -254,6 +273,55 @@ def encode(
     if fmt == "prompt_completion":
         return _encode_prompt_completion(example, tokenizer, train_on)
     return _encode_text(example, tokenizer)
+
+
+def encode_preference(example: dict, tokenizer: Any) -> tuple[Encoded, Encoded]:
+    """A preference example as its two conversations: (chosen, rejected).
+
+    Each is `input` + one reply, encoded exactly as supervised fine-tuning encodes a chat
+    example (same template, same masks): only the reply's assistant tokens and their
+    end-of-turn are trained; the prompt, including any assistant turns inside `input`, is not.
+
+    Example:
+        >>> chosen, rejected = encode_preference(
+        ...     {"input": {"messages": [{"role": "user", "content": "Hi"}]},
+        ...      "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+        ...      "non_preferred_output": [{"role": "assistant", "content": "What?"}]},
+        ...     tokenizer)
+    """
+    if not isinstance(example, dict):
+        raise ValueError(f"an example must be a JSON object, got {type(example).__name__}")
+    fmt = _format_of(example, None, preference=True)
+    if fmt != "preference":
+        raise FormatMismatch(
+            "preference tuning (DPO) needs preference examples (input / preferred_output / "
+            f"non_preferred_output), not {fmt} examples; train them with task 'causal_lm' "
+            "(method.type 'supervised' in the fine-tuning API)",
+            fmt,
+            "dpo",
+        )
+    inp = example.get("input")
+    if (
+        not isinstance(inp, dict)
+        or not isinstance(inp.get("messages"), list)
+        or not inp["messages"]
+    ):
+        raise ValueError("a preference example needs `input.messages`, a non-empty list")
+    for side in ("preferred", "non_preferred"):
+        key, value = preference_output(example, side)
+        if not (isinstance(value, str) or (isinstance(value, list) and value)):
+            raise ValueError(f"a preference example needs `{key}`, a non-empty list of messages")
+    chats = preference_chats(example)
+    n_prompt = len(inp["messages"])
+    out = []
+    for chat in chats:
+        # The prompt's own assistant turns are context (weight 0): only the reply trains.
+        messages = [
+            {**m, "weight": 0} if i < n_prompt and m.get("role") == "assistant" else m
+            for i, m in enumerate(chat["messages"])
+        ]
+        out.append(_encode_chat({**chat, "messages": messages}, tokenizer, "assistant"))
+    return out[0], out[1]
 
 
 FIT_POLICIES = ("drop", "truncate")

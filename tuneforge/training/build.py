@@ -29,6 +29,7 @@ from tuneforge.training.classify import read_classification
 from tuneforge.training.config import TrainConfig, auto_lr, resolve_auto
 from tuneforge.training.data import BatchPlan, TokenizedSet, file_sha256, tokenize_file
 from tuneforge.training.distributed import Processes
+from tuneforge.training.dpo import read_preferences
 from tuneforge.training.lineage import Parent, replay_indices
 from tuneforge.training.transfer import trainable_spec
 
@@ -93,10 +94,13 @@ def load_start_model(
 def tokenize_data(
     cfg: TrainConfig, path: str | Path, tokenizer: Any, labels: list[str] | None
 ) -> TokenizedSet:
-    """A data file's trainable examples: chat/text examples, or labelled ones for a classifier."""
+    """A data file's trainable examples: chat/text examples, labelled ones for a classifier, or
+    preference pairs for DPO."""
     d = cfg.data
     if labels is not None:
         return read_classification(path, tokenizer, labels, d.max_length, d.too_long)
+    if cfg.task == "dpo":
+        return read_preferences(path, tokenizer, d.max_length, d.too_long)
     return tokenize_file(path, tokenizer, d.train_on, d.max_length, d.too_long)
 
 

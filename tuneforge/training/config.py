@@ -38,6 +38,8 @@ from tuneforge.auto import auto_batch_size, auto_epochs, auto_lr  # one rule for
 from tuneforge.modeling.folder import is_model_folder
 
 Auto = Literal["auto"]
+# OpenAI's "auto" DPO beta, and TRL's DPOConfig default.
+AUTO_BETA = 0.1
 
 
 class _Section(BaseModel):
@@ -196,6 +198,33 @@ class ClassifySection(_Section):
         description="Class names in id order. Default: the sorted distinct labels of the "
         "training file.",
     )
+
+
+class DpoSection(_Section):
+    """Preference tuning (task 'dpo'): preference examples (input / preferred_output /
+    non_preferred_output), trained by Direct Preference Optimization against the starting
+    model as the reference."""
+
+    beta: float | Auto = Field(
+        "auto",
+        description="Strength of the pull towards the reference: the implicit reward is beta "
+        "x (log pi - log pi_ref). Lower lets the model move further. auto: 0.1 (OpenAI's "
+        "and TRL's default).",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="Share of pairs assumed mislabelled (conservative DPO); 0 is plain "
+        "sigmoid DPO.",
+    )
+
+    @field_validator("beta")
+    @classmethod
+    def _positive_beta(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not v > 0:
+            raise ValueError("must be > 0 or 'auto'")
+        return v
 
 
 class ParentSection(_Section):
@@ -358,10 +387,11 @@ class TrainConfig(_Section):
 
     model: ModelSection
     data: DataSection
-    task: Literal["causal_lm", "classify"] = Field(
+    task: Literal["causal_lm", "classify", "dpo"] = Field(
         "causal_lm",
         description="causal_lm: next-token prediction; classify: a sequence-classification "
-        "head on the last non-pad token, trained on {'text', 'label'} examples.",
+        "head on the last non-pad token, trained on {'text', 'label'} examples; dpo: "
+        "preference tuning (Direct Preference Optimization) on preference examples.",
     )
     method: Literal["full", "lora", "head"] = Field(
         "lora",
@@ -372,6 +402,7 @@ class TrainConfig(_Section):
     freeze: FreezeSection = Field(default_factory=FreezeSection)
     unfreeze: UnfreezeSection = Field(default_factory=UnfreezeSection)
     classify: ClassifySection = Field(default_factory=ClassifySection)
+    dpo: DpoSection = Field(default_factory=DpoSection)
     parent: ParentSection = Field(default_factory=ParentSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     eval: EvalSection = Field(default_factory=EvalSection)
@@ -395,12 +426,14 @@ class TrainConfig(_Section):
 
     # Cross-section checks are field validators on the later field (fields validate in
     # order), so they are reported together with every other problem.
-    @field_validator("method")
+    @field_validator("task")
     @classmethod
-    def _method_fits_task(cls, v: str, info: ValidationInfo) -> str:
+    def _task_fits_data(cls, v: str, info: ValidationInfo) -> str:
+        # On the task (set whenever it is not the default), not the method: a default is not
+        # validated.
         data = info.data.get("data")
-        if info.data.get("task") == "classify" and data is not None and data.packing:
-            raise ValueError("task 'classify' does not support data.packing")
+        if v in ("classify", "dpo") and data is not None and data.packing:
+            raise ValueError(f"task {v!r} does not support data.packing")
         return v
 
     @field_validator("parent")
@@ -410,6 +443,8 @@ class TrainConfig(_Section):
             raise ValueError("continued fine-tuning (parent.model) supports task 'causal_lm' only")
         if v.replay and v.model is None:
             raise ValueError("replay needs parent.model")
+        if v.replay and info.data.get("task") == "dpo":
+            raise ValueError("replay is not supported with task 'dpo'")
         return v
 
     @field_validator("eval")
@@ -535,7 +570,10 @@ def resolve_auto(
         optim.batch_size = max(multiple_of, bs - bs % multiple_of)
     if optim.lr == "auto":
         optim.lr = lr if lr is not None else auto_lr(cfg.method, width)
-    return cfg.model_copy(update={"optim": optim})
+    dpo = cfg.dpo.model_copy()
+    if dpo.beta == "auto":
+        dpo.beta = AUTO_BETA
+    return cfg.model_copy(update={"optim": optim, "dpo": dpo})
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -17,6 +17,7 @@ import torch
 from tuneforge.data.io import DatasetError, read_dataset
 from tuneforge.tokenize import (
     Encoded,
+    FormatMismatch,
     collate_packed,
     collate_padded,
     encode,
@@ -88,6 +89,8 @@ def tokenize_file(
         out.n_read += 1
         try:
             enc = encode(row, tokenizer, train_on=train_on)
+        except FormatMismatch as err:
+            raise err.at(f"{path}:{i}") from None
         except ValueError as err:
             raise ValueError(f"{path}:{i}: {err}") from None
         if enc.num_trained == 0:

@@ -6,9 +6,10 @@ One class reads top to bottom. `setup` builds everything in dependency order (pr
 model and tokenizer, data, resolved hyperparameters, model surgery for the method, optimizer
 and schedule, resume, the output folder). `train` is the loop; it has no branch on the method
 or the task: full fine-tuning, LoRA, head-only, frozen blocks and layer-wise LRs differ only in
-the model surgery and the `TrainablePlan` made in setup; causal LM and classification only in
-the objective (`CausalLMLoss` / `SequenceClassificationLoss`). Gradual unfreezing swaps in the
-next plan between steps (`_maybe_unfreeze`); everything else that happens between steps
+the model surgery and the `TrainablePlan` made in setup; causal LM, classification and
+preference tuning only in the objective (`CausalLMLoss` / `SequenceClassificationLoss` /
+`PreferenceLoss`, whose reference log-probs are computed in setup). Gradual unfreezing swaps in
+the next plan between steps (`_maybe_unfreeze`); everything else that happens between steps
 (evaluation, best loss, early stopping, stop requests, logging, checkpoints) is `_after_step`.
 
 The optimizer and schedule live in `tuneforge.training.optim`, the output folder (resume
@@ -30,7 +31,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from rich.console import Console
@@ -54,6 +55,7 @@ from tuneforge.training.classify import SequenceClassificationLoss, read_labels
 from tuneforge.training.config import TrainConfig, save_config
 from tuneforge.training.data import TokenizedSet
 from tuneforge.training.distributed import Processes, close_process_group
+from tuneforge.training.dpo import PreferenceLoss, PreferencePair, compute_reference
 from tuneforge.training.evaluate import evaluate_objective
 from tuneforge.training.lineage import read_parent
 from tuneforge.training.loss import CausalLMLoss
@@ -77,7 +79,7 @@ Callback = Callable[["FinetuneRecipe", str, dict[str, Any]], None]
 
 class FinetuneRecipe:
     """A fine-tune (full, LoRA, head-only; frozen blocks, gradual unfreezing, layer-wise LRs;
-    causal LM or classifier; fresh or continued), described entirely by a `TrainConfig`.
+    causal LM, classifier or DPO; fresh or continued), described entirely by a `TrainConfig`.
 
     Attributes, in the order `setup` makes them:
         out, resume_from: the output folder, and the checkpoint this run continues (or None).
@@ -193,11 +195,26 @@ class FinetuneRecipe:
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
         self.model.train()
-        self.objective = (
-            SequenceClassificationLoss(self.model, len(self.labels or []))
-            if classify
-            else CausalLMLoss(self.model)
-        )
+        self.objective: CausalLMLoss | SequenceClassificationLoss | PreferenceLoss
+        if classify:
+            self.objective = SequenceClassificationLoss(self.model, len(self.labels or []))
+        elif cfg.task == "dpo":
+            assert isinstance(cfg.dpo.beta, float)
+            self.objective = PreferenceLoss(self.model, cfg.dpo.beta, cfg.dpo.label_smoothing)
+            # DPO's reference: the starting weights' log-probs of every pair, once, before
+            # the first step (a resume recomputes them from the same start, before loading
+            # the checkpoint's weights).
+            sets = [self.train_set.examples] + ([self.valid_set.examples] if self.valid_set else [])
+            compute_reference(
+                self.model,
+                cast(list[list[PreferencePair]], sets),
+                self.tokenizer.pad_token_id,
+                self.proc.device,
+                self._autocast,
+                cfg.eval.batch_size,
+            )
+        else:
+            self.objective = CausalLMLoss(self.model)
         self.loss_fn = self.proc.wrap(self.objective)
 
         warmup = warmup_steps(cfg.optim.warmup, self.total_steps)
@@ -350,7 +367,9 @@ class FinetuneRecipe:
         schedule: LRSchedule | None = None,
     ) -> dict[str, Any]:
         """One optimizer step on `batch` (one batch of `plan.epoch_batches`): forward/backward
-        this process's micro-batches, clip, update the weights, move the schedule on.
+        this process's micro-batches, clip, update the weights, move the schedule on. An
+        objective whose forward returns a fourth element (summable statistics: DPO's) adds its
+        `metrics(..., "train")` to the result.
 
         Uses the run's optimizer and schedule unless given others (lr_find's sweep). Returns
         the step's train_loss, train_mean_token_accuracy, lr, grad_norm and step_tokens, its
@@ -367,14 +386,17 @@ class FinetuneRecipe:
         scale = proc.world_size / n  # DDP averages gradients over processes
         loss_sum = torch.zeros((), device=proc.device)
         correct = torch.zeros((), device=proc.device, dtype=torch.long)
+        sums: dict[str, torch.Tensor] = {}  # an objective's own summed statistics (DPO's)
         for i, mb in enumerate(micro):
             mb = {k: v.to(proc.device, non_blocking=True) for k, v in mb.items()}
             with proc.no_sync(self.loss_fn, sync=i == len(micro) - 1):
                 with self._autocast():  # forward only: backward runs in the forward's dtypes
-                    part, _, hits = self.loss_fn(mb)
+                    part, _, hits, *extra = self.loss_fn(mb)
                 (part * scale).backward()
             loss_sum += part.detach()
             correct += hits
+            for k, v in (extra[0] if extra else {}).items():
+                sums[k] = sums[k] + v if k in sums else v
         params = [p for g in optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, self.cfg.optim.max_grad_norm or float("inf")
@@ -385,9 +407,15 @@ class FinetuneRecipe:
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         loss_sum, correct = proc.all_sum(loss_sum), proc.all_sum(correct)
+        extra_metrics = (
+            self.objective.metrics({k: proc.all_sum(v) for k, v in sums.items()}, "train")
+            if sums
+            else {}
+        )
         return {
             "train_loss": loss_sum.item() / n,
             "train_mean_token_accuracy": correct.item() / n,
+            **extra_metrics,
             "lr": lr,
             "grad_norm": grad_norm.item(),
             "step_tokens": int(n_step.item()),

@@ -234,6 +234,12 @@ def report_setup(recipe: FinetuneRecipe, console: Console) -> None:
         f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)"
     )
     c.print(f"dtype: {r.dtype.name} ({r.dtype.reason})")
+    if cfg.task == "dpo":
+        c.print(
+            f"preference tuning (DPO): beta={cfg.dpo.beta:g}"
+            + (f", label smoothing {cfg.dpo.label_smoothing:g}" if cfg.dpo.label_smoothing else "")
+            + "; reference: the starting model's log-probs of every pair, computed once"
+        )
     if r.unfreeze is not None:
         c.print(
             f"gradual unfreezing: {r.state.unfrozen_blocks} of {r.n_blocks} blocks open, "

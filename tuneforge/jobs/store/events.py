@@ -61,6 +61,12 @@ class EventStore(StoreBase):
                 parts = [f"training loss={rec['train_loss']:.4f}"] if "train_loss" in rec else []
                 if rec.get("valid_loss") is not None:
                     parts.append(f"validation loss={rec['valid_loss']:.4f}")
+                for key, name in (
+                    ("train_reward_accuracy", "reward accuracy"),
+                    ("valid_reward_accuracy", "validation reward accuracy"),
+                ):
+                    if rec.get(key) is not None:
+                        parts.append(f"{name}={rec[key]:.2f}")
                 msg = f"Step {step}/{total_steps or '?'}: " + ", ".join(parts)
                 self._event(s, job_id, msg, type="metrics", data=data)
                 job.last_step = step

@@ -16,7 +16,13 @@ from sqlalchemy.orm import Session
 from tuneforge.jobs.db import File, IdempotencyKey, Job
 from tuneforge.jobs.errors import Conflict, InvalidRequest, NotFound
 from tuneforge.jobs.limits import QuotaExceeded
-from tuneforge.jobs.spec import JobCreate, check_method, effective_hyperparameters, plan_training
+from tuneforge.jobs.spec import (
+    JobCreate,
+    check_method,
+    effective_hyperparameters,
+    method_type,
+    plan_training,
+)
 from tuneforge.jobs.store.base import ACTIVE, TERMINAL, held, new_id, now
 from tuneforge.jobs.store.files import FileStore
 from tuneforge.jobs.store.lease import release, set_terminal
@@ -90,9 +96,11 @@ class JobLifecycle(FileStore, ModelStore):
             limits=self.limits,
         )
         hyper = effective_hyperparameters(req).model_dump()
-        supervised: dict[str, Any] = {"hyperparameters": hyper}
-        if req.method and req.method.supervised and req.method.supervised.tuneforge:
-            supervised["tuneforge"] = req.method.supervised.tuneforge
+        kind = method_type(req)
+        settings: dict[str, Any] = {"hyperparameters": hyper}
+        section = getattr(req.method, kind, None) if req.method else None
+        if section is not None and section.tuneforge:
+            settings["tuneforge"] = section.tuneforge
         job = Job(
             id=job_id,
             org_id=org_id,
@@ -106,7 +114,7 @@ class JobLifecycle(FileStore, ModelStore):
             suffix=req.suffix,
             seed=seed,
             metadata_=req.metadata,
-            method={"type": "supervised", "supervised": supervised},
+            method={"type": kind, kind: settings},
             base_model=base_model,
             base_path=base_path or "",
             parent_model=req.model if parent_path else None,
