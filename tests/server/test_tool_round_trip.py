@@ -8,16 +8,14 @@ with the result continues the conversation.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import shutil
 
 import pytest
-from rich.console import Console
 
+from tests.training.train_data import run_recipe
 from tuneforge.training.config import load_config
-from tuneforge.training.loop import FinetuneRecipe
 
 TOOL = {
     "type": "function",
@@ -77,12 +75,7 @@ def fine_tune(model_store, folder, name: str, examples: int, epochs: int, lr: fl
             "model.dtype": "fp32",
         },
     )
-    recipe = FinetuneRecipe(cfg, Console(file=io.StringIO()))
-    try:
-        recipe.setup()
-        recipe.result = recipe.train()
-    finally:
-        recipe.cleanup()
+    run_recipe(cfg)
     return name
 
 
