@@ -131,7 +131,8 @@ class Page:
         self.page.goto(self.url + "/")
         self.page.fill("#api-key", key)
         self.page.click("#signin button[type=submit]")
-        self.page.wait_for_selector("#jobs")
+        # Signed in once the jobs list has loaded (its placeholder says "Loading…" until then).
+        self.page.wait_for_selector("#jobs:not(:has-text('Loading…'))")
 
     def shot(self, name: str) -> None:
         """A screenshot of the page now, among the test artifacts."""
