@@ -12,7 +12,7 @@ from tuneforge.modeling.trainable import (
     apply_lora,
     build_plan,
 )
-from tuneforge.training.config import load_config
+from tuneforge.training.config import higher_is_better, load_config
 from tuneforge.training.transfer import UnfreezeSchedule, improved, trainable_spec
 
 
@@ -107,6 +107,34 @@ def test_unfreeze_schedule_from_config(tmp_path):
 def test_early_stopping_rule():
     assert improved(1.0, None, 0.1)
     assert improved(0.85, 1.0, 0.1) and not improved(0.95, 1.0, 0.1)
+    # An accuracy improves upwards; a tie never counts.
+    up = higher_is_better("valid_reward_accuracy")
+    assert improved(0.8, 0.6, 0.1, up) and not improved(0.65, 0.6, 0.1, up)
+    assert not improved(0.6, 0.6, 0.0, up) and not improved(0.4, 0.6, 0.0, up)
+    assert not higher_is_better("valid_loss") and higher_is_better("valid_accuracy")
+
+
+def test_best_checkpoint_follows_the_metric_direction(tmp_path):
+    import json
+
+    from tuneforge.modeling.folder import STATE_FILE
+    from tuneforge.training.checkpoint import best_checkpoint, read_state
+
+    for step, value in ((1, 0.5), (2, 0.75), (3, 0.75), (4, 0.25)):
+        folder = tmp_path / f"step-{step:06d}"
+        folder.mkdir()
+        state = {"step": step, "valid_metric": value, "valid_loss": 1.0 - value}
+        (folder / STATE_FILE).write_text(json.dumps(state))
+    assert best_checkpoint(tmp_path, higher=True).name == "step-000002"  # the earliest tie
+    assert best_checkpoint(tmp_path).name == "step-000004"
+    # A checkpoint written before the metric was a setting was picked by its valid_loss.
+    old = tmp_path / "step-000005"
+    old.mkdir()
+    (old / STATE_FILE).write_text(
+        json.dumps({"step": 5, "valid_loss": 0.1, "best_valid_loss": 0.1})
+    )
+    assert read_state(old).valid_metric == read_state(old).best_valid_metric == 0.1
+    assert best_checkpoint(tmp_path).name == "step-000005"
 
 
 def test_config_rejects_inconsistent_transfer_settings(tmp_path):

@@ -44,9 +44,9 @@ def test_incomplete_saves_are_ignored_and_cleaned(tiny_tokenizer, tmp_path):
     model = build_model(tiny_tokenizer, arch="llama")
     opt, sched = _optim(model)
     for step in (2, 4, 6, 8):
-        valid = {4: 1.0, 6: 2.0}.get(step)
+        valid = {4: 1.0, 6: 2.0}.get(step)  # the selection metric: a loss here
         ckpt.save_checkpoint(
-            tmp_path, model, opt, sched, ckpt.TrainState(step=step, valid_loss=valid)
+            tmp_path, model, opt, sched, ckpt.TrainState(step=step, valid_metric=valid)
         )
     # A save killed half-way: temp folder, and a renamed-looking folder without its state file.
     (tmp_path / ".tmp-step-000010-123").mkdir()

@@ -11,6 +11,7 @@ from train_data import make_config, run_recipe
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tuneforge.training.classify import macro_f1
+from tuneforge.training.metrics import read_metrics
 
 INTENTS = {
     "billing": ["balance", "dollars", "cents", "120"],
@@ -47,12 +48,23 @@ def test_classifier_learns_a_separable_toy_set_and_loads_in_transformers(tiny_mo
         tmp_path / "out",
         method="full",
         task="classify",
-        **{"data.valid": str(valid), "optim.epochs": 6, "optim.lr": 3e-3},
+        **{
+            "data.valid": str(valid),
+            "optim.epochs": 6,
+            "optim.lr": 3e-3,
+            "eval.eval_every": 6,
+            "early_stop.metric": "valid_accuracy",  # the best checkpoint follows accuracy
+        },
     )
     result = run_recipe(cfg).result
     m = result.metrics
     assert m["valid_accuracy"] >= 0.9 and m["valid_macro_f1"] >= 0.9
     assert sum(map(sum, m["valid_confusion"])) == 24
+    records = [r for r in read_metrics(tmp_path / "out") if "valid_accuracy" in r]
+    accuracy = {r["step"]: r["valid_accuracy"] for r in records}
+    best = max(accuracy.values())
+    assert m["best_valid_accuracy"] == best
+    assert m["best_step"] == min(s for s, a in accuracy.items() if a == best)
     manifest = json.loads((tmp_path / "out" / "tuneforge.json").read_text())
     assert manifest["task"] == "classify" and manifest["labels"] == ["billing", "card", "geo"]
     # A standard folder: transformers loads it with no TuneForge code.

@@ -5,6 +5,7 @@ continuing an SFT fine-tune)."""
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import pytest
@@ -275,3 +276,114 @@ def test_collate_pairs_stacks_chosen_then_rejected(tiny_model_dir, tmp_path):
     assert isinstance(pairs[0], PreferencePair) and len(pairs[0]) == max(
         len(pairs[0].chosen), len(pairs[0].rejected)
     )
+
+
+def _stop_at(step):
+    def callback(recipe, event, data):
+        if event == "step" and data["step"] == step:
+            recipe.request_stop()
+
+    return callback
+
+
+def test_dpo_early_stopping_follows_reward_accuracy_and_resumes_exactly(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from tuneforge.training import checkpoint as ckpt
+
+    train = write_preference_jsonl(tmp_path / "train.jsonl", 16)
+    valid = write_preference_jsonl(tmp_path / "valid.jsonl", 8, seed=1)
+    over = {
+        **DPO,
+        "data.valid": str(valid),
+        "optim.epochs": 4,
+        "eval.eval_every": 1,
+        "early_stop.patience": 2,
+        "early_stop.metric": "valid_reward_accuracy",
+    }
+    ref = tmp_path / "ref"
+    result = run_recipe(make_config(tiny_model_dir, train, ref, **over)).result
+    records = read_metrics(ref)
+    accuracy = {r["step"]: r["valid_reward_accuracy"] for r in records}
+    loss = {r["step"]: r["valid_loss"] for r in records}
+    # The separable set is ranked right from the first step on, while the loss keeps falling:
+    # following the loss would go on; following the reward accuracy stops two evaluations
+    # after its first best, and exports that evaluation's weights.
+    assert list(accuracy.values()) == [1.0, 1.0, 1.0]
+    assert loss[3] < loss[2] < loss[1]
+    assert result.stop_reason == "early_stopping" and result.step == 3
+    manifest = json.loads((ref / "tuneforge.json").read_text())["metrics"]
+    assert manifest["exported_step"] == manifest["best_step"] == 1
+    assert manifest["best_valid_reward_accuracy"] == 1.0
+    assert manifest["best_valid_loss"] == pytest.approx(loss[1])
+    adapter = "adapter_model.safetensors"
+    best = ckpt.best_checkpoint(ref / "checkpoints", higher=True)
+    assert ckpt.read_state(best).step == 1
+    exported, kept, last = (
+        load_file(f / adapter) for f in (ref, best, ref / "checkpoints" / "step-000003")
+    )
+    assert all(torch.equal(exported[n], kept[n]) for n in kept)
+    assert not all(torch.equal(exported[n], last[n]) for n in last)
+    events = read_metrics(ref, "events.jsonl")
+    assert [e["kind"] for e in events] == ["early_stopping"]
+    assert "valid_reward_accuracy did not improve" in events[0]["message"]
+
+    # Stopped after step 2 (one evaluation without improvement), the resumed run keeps the
+    # best value and the count: it stops at step 3 and exports step 1, as the uninterrupted run.
+    out = tmp_path / "run"
+    first = FinetuneRecipe(
+        make_config(tiny_model_dir, train, out, **over), Console(file=io.StringIO()), _stop_at(2)
+    )
+    try:
+        first.setup()
+        assert first.train().status == "stopped"
+    finally:
+        first.cleanup()
+    saved = ckpt.read_state(ckpt.latest_checkpoint(out / "checkpoints"))
+    assert (saved.step, saved.evals_without_improvement, saved.early_stop_best) == (2, 1, 1.0)
+    assert saved.metric == "valid_reward_accuracy"
+    resume = {**over, "checkpoint.resume": "auto"}
+    resumed = run_recipe(make_config(tiny_model_dir, train, out, **resume)).result
+    assert (resumed.stop_reason, resumed.step) == ("early_stopping", 3)
+    assert resumed.metrics["exported_step"] == 1
+    for key in ("valid_reward_accuracy", "valid_loss", "train_loss"):
+        got = [r[key] for r in read_metrics(out)]
+        assert got == pytest.approx([r[key] for r in records], rel=1e-5), key
+    again = load_file(out / adapter)
+    for name in exported:
+        torch.testing.assert_close(again[name], exported[name], rtol=1e-5, atol=1e-6)
+    # Resuming with another metric would misread the saved best value and count.
+    with pytest.raises(
+        ValueError, match=r"resume it with early_stop\.metric valid_reward_accuracy"
+    ):
+        run_recipe(
+            make_config(tiny_model_dir, train, out, **{**resume, "early_stop.metric": "valid_loss"})
+        )
+
+
+def test_early_stopping_metric_must_be_one_the_task_reports(tiny_model_dir, tmp_path):
+    chat = write_chat_jsonl(tmp_path / "chat.jsonl", 4)
+    with pytest.raises(ConfigError) as err:
+        make_config(
+            tiny_model_dir, chat, tmp_path / "o", **{"early_stop.metric": "valid_reward_accuracy"}
+        )
+    assert (
+        "early_stop: metric 'valid_reward_accuracy' is not reported by task 'causal_lm' "
+        "(it reports: valid_loss, valid_mean_token_accuracy)"
+    ) in str(err.value)
+    with pytest.raises(ConfigError, match="not reported by task 'dpo'"):
+        make_config(
+            tiny_model_dir,
+            chat,
+            tmp_path / "o",
+            task="dpo",
+            **{"early_stop.metric": "valid_accuracy"},
+        )
+    cfg = make_config(
+        tiny_model_dir,
+        chat,
+        tmp_path / "o",
+        task="dpo",
+        **{"early_stop.metric": "valid_reward_margin"},
+    )
+    assert cfg.early_stop.metric == "valid_reward_margin"

@@ -81,6 +81,7 @@ CLIENT_KEYS = frozenset(
         "eval.max_examples",
         "eval.batch_size",
         "early_stop.patience",
+        "early_stop.metric",
         "early_stop.min_delta",
         "early_stop.export_best",
         "checkpoint.save_every",

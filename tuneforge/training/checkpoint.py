@@ -7,7 +7,7 @@ A checkpoint folder `<root>/step-000120/` holds:
 - `optimizer.pt`, `scheduler.pt`: their state dicts;
 - `rng.pt`: python and torch (CPU and CUDA) RNG states;
 - `trainer_state.json`: step, epoch, position in the epoch's batch order, counters, and the
-  validation loss measured at that step (if any). Written last.
+  validation loss and selection metric measured at that step (if any). Written last.
 
 Saves are atomic: everything goes into a hidden temporary folder next to the final one, files
 and folder are fsynced, then the folder is renamed. A killed save leaves only a `.tmp-*`
@@ -51,11 +51,15 @@ class TrainState:
     step_in_epoch: int = 0
     tokens: int = 0
     elapsed: float = 0.0
-    best_valid_loss: float | None = None
     valid_loss: float | None = None
+    # The metric that picks the best evaluation (early_stop.metric), its value measured at
+    # this step (None: no evaluation here), and the best value so far.
+    metric: str = "valid_loss"
+    valid_metric: float | None = None
+    best_valid_metric: float | None = None
     # Gradual unfreezing: top blocks open for training (None: no schedule).
     unfrozen_blocks: int | None = None
-    # Early stopping: the loss to beat by min_delta, and evaluations since it was set.
+    # Early stopping: the metric's value to beat by min_delta, and evaluations since it was set.
     early_stop_best: float | None = None
     evals_without_improvement: int = 0
     # What the saved position means: resuming with another data order would silently
@@ -156,7 +160,11 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 
 def read_state(path: str | Path) -> TrainState:
     """The `TrainState` stored in a checkpoint folder."""
-    return TrainState(**json.loads((Path(path) / STATE_FILE).read_text()))
+    saved = json.loads((Path(path) / STATE_FILE).read_text())
+    if "best_valid_loss" in saved:  # written before the metric was a setting: valid_loss
+        saved["best_valid_metric"] = saved.pop("best_valid_loss")
+        saved["valid_metric"] = saved.get("valid_loss")
+    return TrainState(**saved)
 
 
 def _load_tensors(file: Path) -> Any:
@@ -180,25 +188,28 @@ def load_checkpoint(
     return read_state(path)
 
 
-def best_checkpoint(root: str | Path) -> Path | None:
-    """The checkpoint with the lowest recorded validation loss (the earliest on a tie)."""
+def best_checkpoint(root: str | Path, higher: bool = False) -> Path | None:
+    """The checkpoint with the best recorded validation metric (the state's `valid_metric`:
+    the highest if `higher`, else the lowest; the earliest on a tie)."""
     scored = [
-        (s.valid_loss, p)
+        (-s.valid_metric if higher else s.valid_metric, p)
         for p in list_checkpoints(root)
-        if (s := read_state(p)).valid_loss is not None
+        if (s := read_state(p)).valid_metric is not None
     ]
     return min(scored, key=lambda x: x[0])[1] if scored else None
 
 
-def prune_checkpoints(root: str | Path, keep_last: int, keep_best: bool) -> list[Path]:
-    """Delete old checkpoints, keeping the newest `keep_last` and (optionally) the one with the
-    lowest recorded validation loss. Also removes leftovers of interrupted saves."""
+def prune_checkpoints(
+    root: str | Path, keep_last: int, keep_best: bool, higher: bool = False
+) -> list[Path]:
+    """Delete old checkpoints, keeping the newest `keep_last` and (optionally) the best one
+    (`best_checkpoint`). Also removes leftovers of interrupted saves."""
     root = Path(root)
     for leftover in root.glob(".tmp-step-*"):
         shutil.rmtree(leftover, ignore_errors=True)
     found = list_checkpoints(root)
     keep = set(found[-keep_last:])
-    best = best_checkpoint(root) if keep_best else None
+    best = best_checkpoint(root, higher) if keep_best else None
     if best is not None:
         keep.add(best)
     removed = [p for p in found if p not in keep]

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -171,8 +171,40 @@ class UnfreezeSection(_Section):
     )
 
 
+# The validation metrics that can pick a run's best evaluation (early stopping, the kept best
+# checkpoint, export_best): whether higher is better (losses fall, accuracies rise), and the
+# tasks that report each. The one owner of a metric's direction.
+SelectionMetric = Literal[
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "valid_accuracy",
+    "valid_macro_f1",
+    "valid_reward_accuracy",
+    "valid_reward_margin",
+]
+SELECTION_METRICS: dict[str, tuple[bool, tuple[str, ...]]] = {
+    "valid_loss": (False, ("causal_lm", "classify", "dpo")),
+    "valid_mean_token_accuracy": (True, ("causal_lm",)),
+    "valid_accuracy": (True, ("classify",)),
+    "valid_macro_f1": (True, ("classify",)),
+    "valid_reward_accuracy": (True, ("dpo",)),
+    "valid_reward_margin": (True, ("dpo",)),
+}
+assert set(SELECTION_METRICS) == set(get_args(SelectionMetric))
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of a selection metric is an improvement.
+
+    Example:
+        >>> higher_is_better("valid_loss"), higher_is_better("valid_reward_accuracy")
+        (False, True)
+    """
+    return SELECTION_METRICS[metric][0]
+
+
 class EarlyStopSection(_Section):
-    """Stop when the validation loss stops improving."""
+    """Stop when a validation metric stops improving."""
 
     patience: int | None = Field(
         None,
@@ -180,8 +212,18 @@ class EarlyStopSection(_Section):
         description="Stop after this many evaluations without an improvement of min_delta. "
         "null disables early stopping (needs eval.eval_every).",
     )
+    metric: SelectionMetric = Field(
+        "valid_loss",
+        description="The validation metric that picks the best evaluation, for early stopping, "
+        "checkpoint.keep_best and export_best. Lower is better for valid_loss, higher for the "
+        "others. valid_mean_token_accuracy: task causal_lm; valid_accuracy, valid_macro_f1: "
+        "classify; valid_reward_accuracy, valid_reward_margin: dpo.",
+    )
     min_delta: float = Field(
-        0.0, ge=0, description="Smallest decrease of valid_loss that counts as an improvement."
+        0.0,
+        ge=0,
+        description="Smallest change of the metric, in its better direction, that counts as "
+        "an improvement.",
     )
     export_best: bool = Field(
         True,
@@ -354,7 +396,8 @@ class CheckpointSection(_Section):
     )
     keep_last: int = Field(2, ge=1, description="Checkpoints kept, newest first (plus the best).")
     keep_best: bool = Field(
-        True, description="Also keep the checkpoint with the lowest validation loss."
+        True,
+        description="Also keep the checkpoint of the best evaluation (by early_stop.metric).",
     )
     resume: str | None = Field(
         None,
@@ -461,6 +504,12 @@ class TrainConfig(_Section):
         ev = info.data.get("eval")
         if v.patience is not None and ev is not None and ev.eval_every is None:
             raise ValueError("early stopping needs eval.eval_every (and data.valid)")
+        task = info.data.get("task")
+        if task is not None and task not in SELECTION_METRICS[v.metric][1]:
+            reported = ", ".join(m for m, (_, tasks) in SELECTION_METRICS.items() if task in tasks)
+            raise ValueError(
+                f"metric {v.metric!r} is not reported by task {task!r} (it reports: {reported})"
+            )
         return v
 
     @field_validator("checkpoint")

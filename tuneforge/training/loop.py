@@ -10,7 +10,8 @@ the model surgery and the `TrainablePlan` made in setup; causal LM, classificati
 preference tuning only in the objective (`CausalLMLoss` / `SequenceClassificationLoss` /
 `PreferenceLoss`, whose reference log-probs are computed in setup). Gradual unfreezing swaps in
 the next plan between steps (`_maybe_unfreeze`); everything else that happens between steps
-(evaluation, best loss, early stopping, stop requests, logging, checkpoints) is `_after_step`.
+(evaluation, the best evaluation, early stopping, stop requests, logging, checkpoints) is
+`_after_step`.
 
 The optimizer and schedule live in `tuneforge.training.optim`, the output folder (resume
 target, final export, manifest, setup report) in `tuneforge.training.output`, the processes
@@ -52,7 +53,7 @@ from tuneforge.training.build import (
     tokenize_data,
 )
 from tuneforge.training.classify import SequenceClassificationLoss, read_labels
-from tuneforge.training.config import TrainConfig, save_config
+from tuneforge.training.config import TrainConfig, higher_is_better, save_config
 from tuneforge.training.data import TokenizedSet
 from tuneforge.training.distributed import Processes, close_process_group
 from tuneforge.training.dpo import PreferenceLoss, PreferencePair, compute_reference
@@ -98,6 +99,7 @@ class FinetuneRecipe:
         objective, loss_fn: the loss module, and the same under DDP when distributed.
         optimizer, schedule: AdamW and the per-step LR (`LRSchedule`).
         state: the progress (`TrainState`), saved in every checkpoint.
+        higher_is_better: the direction of early_stop.metric, which picks the best evaluation.
         metrics: the metrics and events files (rank 0 only; None elsewhere).
         last_checkpoint: the newest checkpoint this run wrote.
     """
@@ -223,7 +225,9 @@ class FinetuneRecipe:
         self.state = ckpt.TrainState(
             data_order=data_order(self.plan, cfg.seed, self.total_steps),
             unfrozen_blocks=start_blocks,
+            metric=cfg.early_stop.metric,
         )
+        self.higher_is_better = higher_is_better(cfg.early_stop.metric)
 
     def new_optimizer(self, factor: Callable[[int], float]) -> tuple[torch.optim.AdamW, LRSchedule]:
         """AdamW over the current trainable plan's groups (fresh state), and a schedule setting
@@ -237,6 +241,12 @@ class FinetuneRecipe:
         """Continue from the checkpoint at `path`: weights, optimizer, schedule, RNG, progress."""
         saved = ckpt.read_state(path)
         check_same_order(path, saved.data_order, self.state.data_order)
+        if saved.metric != self.state.metric:
+            # Its best value and patience count are of another metric.
+            raise ValueError(
+                f"{path}: this run picked its best evaluation by {saved.metric}; resume it with "
+                f"early_stop.metric {saved.metric} (this config asks for {self.state.metric})"
+            )
         # Reopen the blocks open at the checkpoint, group by group in the original order, so
         # the optimizer's groups line up with its saved state.
         if saved.unfrozen_blocks != self.state.unfrozen_blocks:
@@ -324,20 +334,21 @@ class FinetuneRecipe:
         return self._finish(stop_reason or "completed")
 
     def _after_step(self, record: dict[str, Any], epoch_len: int) -> str | None:
-        """Everything between two optimizer steps: evaluation, the best loss, early stopping,
+        """Everything between two optimizer steps: evaluation, the best evaluation, early stopping,
         stop requests, the metrics record and the checkpoint. Returns why the run ends now
         ("early_stopping", "interrupted"), or None to go on."""
         cfg, state = self.cfg, self.state
-        state.valid_loss = None
+        state.valid_loss = state.valid_metric = None
         every = cfg.eval.eval_every
         if self.valid_set is not None and every and state.step % every == 0:
             record.update(self.evaluate(cfg.eval.max_examples))
-            state.valid_loss = record["valid_loss"]
-        new_best = state.valid_loss is not None and (
-            state.best_valid_loss is None or state.valid_loss < state.best_valid_loss
+            state.valid_loss, state.valid_metric = record["valid_loss"], record[state.metric]
+        # The best evaluation by early_stop.metric: its checkpoint is kept (and exported).
+        new_best = state.valid_metric is not None and improved(
+            state.valid_metric, state.best_valid_metric, 0.0, self.higher_is_better
         )
         if new_best:
-            state.best_valid_loss = state.valid_loss
+            state.best_valid_metric = state.valid_metric
         stop_reason = "early_stopping" if self._patience_exhausted() else None
         self._notify("step", record)  # may request a stop
         if self.proc.agree(self._stop_requested):
@@ -461,12 +472,13 @@ class FinetuneRecipe:
         self.loss_fn = self.proc.wrap(self.objective)  # DDP registers the new parameters
 
     def _patience_exhausted(self) -> bool:
-        """Early stopping: count evaluations without an improvement of min_delta."""
+        """Early stopping: count evaluations without an improvement of min_delta (of
+        early_stop.metric, in its better direction)."""
         es, state = self.cfg.early_stop, self.state
-        if es.patience is None or state.valid_loss is None:
+        if es.patience is None or state.valid_metric is None:
             return False
-        if improved(state.valid_loss, state.early_stop_best, es.min_delta):
-            state.early_stop_best, state.evals_without_improvement = state.valid_loss, 0
+        if improved(state.valid_metric, state.early_stop_best, es.min_delta, self.higher_is_better):
+            state.early_stop_best, state.evals_without_improvement = state.valid_metric, 0
             return False
         state.evals_without_improvement += 1
         return state.evals_without_improvement >= es.patience
@@ -481,8 +493,9 @@ class FinetuneRecipe:
                 self.state,
                 self.tokenizer,
             )
+            keep = self.cfg.checkpoint
             ckpt.prune_checkpoints(
-                self.ckpt_root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_best
+                self.ckpt_root, keep.keep_last, keep.keep_best, self.higher_is_better
             )
         self.proc.barrier()
 
@@ -532,17 +545,18 @@ class FinetuneRecipe:
             final.update({k: v for k, v in self.metrics.last.items() if k.startswith("train_")})
         # Export the best evaluation's weights, not the last step's, when early stopping asks.
         export_best = cfg.early_stop.patience is not None and cfg.early_stop.export_best
-        final.update(output.load_best(self.ckpt_root, self.model if export_best else None))
+        metric = cfg.early_stop.metric
+        final.update(output.load_best(self.ckpt_root, metric, self.model if export_best else None))
         if self.valid_set is not None:
             full = self.evaluate(None, prefix="full_valid")
             final.update(full)
             final.update({"valid" + k.removeprefix("full_valid"): v for k, v in full.items()})
         if stop_reason == "early_stopping":
             message = (
-                f"early stopping at step {state.step}: valid_loss did not improve by "
+                f"early stopping at step {state.step}: {metric} did not improve by "
                 f"{cfg.early_stop.min_delta:g} for {cfg.early_stop.patience} evaluations"
             )
-            keys = ("best_step", "best_valid_loss")
+            keys = ("best_step", "best_valid_loss", f"best_{metric}")
             self._event("early_stopping", message, {k: final[k] for k in keys if k in final})
         if self.proc.is_main:
             output.export_run(self, final)

@@ -3,7 +3,7 @@
 - `TrainResult`: what a run produced;
 - `resume_target`: the checkpoint to resume from, or None for a fresh run (which refuses a
   used folder unless output.overwrite);
-- `load_best`: the best checkpoint's step and loss (and weights, to export them);
+- `load_best`: the best checkpoint's step, loss and metric (and weights, to export them);
 - `save_run_folder`: the final model folder (weights or adapter, tokenizer, the merged export
   when asked, and `tuneforge.json` last), written atomically;
 - `write_run_manifest`: `tuneforge.json`, the folder's description (base model, data hashes,
@@ -27,7 +27,7 @@ from tuneforge.modeling.dtype import DTypeChoice
 from tuneforge.modeling.folder import staged_export, write_manifest
 from tuneforge.modeling.load import unwrap_model
 from tuneforge.training import checkpoint as ckpt
-from tuneforge.training.config import TrainConfig
+from tuneforge.training.config import TrainConfig, higher_is_better
 from tuneforge.training.data import BatchPlan, TokenizedSet, file_sha256
 from tuneforge.training.lineage import Parent
 
@@ -75,10 +75,11 @@ def resume_target(cfg: TrainConfig, out: Path, ckpt_root: Path) -> Path | None:
     return None
 
 
-def load_best(ckpt_root: Path, model: torch.nn.Module | None) -> dict[str, Any]:
-    """The best checkpoint's step and validation loss (none without an evaluation); with
-    `model`, its weights are loaded into it and its step is `exported_step`."""
-    best = ckpt.best_checkpoint(ckpt_root)
+def load_best(ckpt_root: Path, metric: str, model: torch.nn.Module | None) -> dict[str, Any]:
+    """The best checkpoint by `metric` (early_stop.metric): its step, validation loss and
+    `best_<metric>` (none without an evaluation); with `model`, its weights are loaded into it
+    and its step is `exported_step`."""
+    best = ckpt.best_checkpoint(ckpt_root, higher_is_better(metric))
     if best is None:
         return {}
     saved = ckpt.read_state(best)
@@ -87,6 +88,7 @@ def load_best(ckpt_root: Path, model: torch.nn.Module | None) -> dict[str, Any]:
         ckpt.load_model_weights(model, best)
         found["exported_step"] = saved.step
     found.update(best_step=saved.step, best_valid_loss=saved.valid_loss)
+    found[f"best_{metric}"] = saved.valid_metric
     return found
 
 

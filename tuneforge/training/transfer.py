@@ -78,6 +78,10 @@ class UnfreezeSchedule:
         return min(self.start_blocks + stage, self.max_blocks)
 
 
-def improved(loss: float, best: float | None, min_delta: float) -> bool:
-    """Early stopping's test: `loss` beats `best` by more than `min_delta` (Keras' rule)."""
-    return best is None or loss < best - min_delta
+def improved(value: float, best: float | None, min_delta: float, higher: bool = False) -> bool:
+    """Early stopping's test: `value` beats `best` by more than `min_delta` (Keras' rule), in
+    the metric's better direction (`higher`: an accuracy; else a loss, see
+    `config.higher_is_better`)."""
+    if best is None:
+        return True
+    return value > best + min_delta if higher else value < best - min_delta
