@@ -19,7 +19,8 @@ The reference is the starting model (the base, or the `--from` parent): its log-
 of every pair are computed once, before the first step, with the run's own model, dtype and
 forward, and kept with the examples (for a new LoRA adapter this is the base with the adapter
 disabled, exactly: the adapter's B starts at zero). No second model is held in memory and no reference forward
-runs during training; a resumed run recomputes them from the same starting weights.
+runs during training; a resumed run recomputes them from the same starting weights. Under
+data parallelism the processes split that pass and sum its results.
 
 `PreferenceLoss` has the interface of `CausalLMLoss` (forward -> loss sum, count, hits, plus
 summed statistics; `collate`; `n_targets`; `eval_sums`; `metrics`), so the loop does not know
@@ -48,6 +49,7 @@ from tuneforge.tokenize import (
     fit_length,
 )
 from tuneforge.training.data import TokenizedSet, read_examples
+from tuneforge.training.distributed import Processes
 
 
 @dataclass
@@ -242,7 +244,7 @@ def compute_reference(
     model: nn.Module,
     pair_sets: Sequence[Sequence[PreferencePair]],
     pad_id: int,
-    device: torch.device,
+    proc: Processes,
     autocast: Callable[[], Any],
     batch_size: int = 8,
 ) -> None:
@@ -252,20 +254,33 @@ def compute_reference(
     mode, under the run's `autocast`. For a new LoRA adapter this is exactly the base with
     the adapter disabled (the adapter's B matrix starts at zero); continuing an adapter
     fine-tune (`--from`), it is that fine-tune, the usual DPO reference after SFT.
+
+    Under data parallelism each process scores every world_size-th batch and the results are
+    summed over processes, so every process ends with every pair's numbers, each computed
+    once, by the same batches as on one process.
     """
+    pairs = [p for group in pair_sets for p in group]
+    batches = []  # batches of indices into `pairs`, length-sorted within each set
+    offset = 0
+    for group in pair_sets:
+        order = sorted(range(len(group)), key=lambda i: len(group[i]))
+        batches += [
+            [offset + i for i in order[start : start + batch_size]]
+            for start in range(0, len(order), batch_size)
+        ]
+        offset += len(group)
+    logps = torch.zeros(len(pairs), 2, dtype=torch.float64)  # (P, chosen / rejected)
     was_training = model.training
     model.eval()
     try:
-        for pairs in pair_sets:
-            order = sorted(range(len(pairs)), key=lambda i: len(pairs[i]))
-            for start in range(0, len(order), batch_size):
-                items = [pairs[i] for i in order[start : start + batch_size]]
-                batch = collate_pairs(items, pad_id)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast():
-                    logps = sequence_logps(model, batch).double().cpu()
-                b = len(items)
-                for k, p in enumerate(items):
-                    p.ref_chosen, p.ref_rejected = float(logps[k]), float(logps[b + k])
+        for items in batches[proc.rank :: proc.world_size]:
+            batch = collate_pairs([pairs[i] for i in items], pad_id)
+            batch = {k: v.to(proc.device) for k, v in batch.items()}
+            with autocast():
+                out = sequence_logps(model, batch).double().cpu()  # (2B,)
+            logps[items] = out.view(2, -1).T
     finally:
         model.train(was_training)
+    logps = proc.all_sum(logps).cpu()
+    for p, (chosen, rejected) in zip(pairs, logps.tolist(), strict=True):
+        p.ref_chosen, p.ref_rejected = chosen, rejected

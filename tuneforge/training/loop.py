@@ -211,7 +211,7 @@ class FinetuneRecipe:
                 self.model,
                 cast(list[list[PreferencePair]], sets),
                 self.tokenizer.pad_token_id,
-                self.proc.device,
+                self.proc,
                 self._autocast,
                 cfg.eval.batch_size,
             )
