@@ -355,6 +355,22 @@ def test_a_dpo_job_trains_task_dpo_with_its_beta(store, train_file):
     assert auto.train_overrides["task"] == "dpo" and "dpo.beta" not in auto.train_overrides
 
 
+def test_a_dpo_jobs_lr_multiplier_is_of_dpos_auto_lr(store, train_file):
+    from tuneforge.auto import DPO_LR_FACTOR
+    from tuneforge.jobs.spec import resolved_hyperparameters
+
+    hp = {"learning_rate_multiplier": 2}
+    dpo = store.create_job("org-a", _dpo(train_file.id, hp)).train_overrides["optim.lr"]
+    sft = JobCreate(model="tiny-base", training_file=train_file.id, hyperparameters=hp)
+    sft_lr = store.create_job("org-a", sft).train_overrides["optim.lr"]
+    assert dpo == pytest.approx(DPO_LR_FACTOR * sft_lr)
+    # The job reports the multiplier back against the same rule.
+    config = {"task": "dpo", "method": "lora", "optim": {"lr": 4e-5}}
+    assert resolved_hyperparameters(config)["learning_rate_multiplier"] == 2.0
+    config = {**config, "task": "causal_lm"}
+    assert resolved_hyperparameters(config)["learning_rate_multiplier"] == 0.2
+
+
 @pytest.mark.parametrize(
     ("request_", "param", "words"),
     [

@@ -15,6 +15,7 @@ from pref_data import write_preference_jsonl
 from rich.console import Console
 from train_data import make_config, run_recipe, write_chat_jsonl
 
+from tuneforge.auto import auto_lr
 from tuneforge.modeling.load import load_model_and_tokenizer
 from tuneforge.tokenize import IGNORE_INDEX, encode, encode_preference
 from tuneforge.training.config import ConfigError
@@ -237,10 +238,20 @@ def test_dpo_continues_an_sft_fine_tune_with_lineage(tiny_model_dir, tmp_path):
     chat = write_chat_jsonl(tmp_path / "chat.jsonl", 8)
     run_recipe(make_config(tiny_model_dir, chat, sft, **{"optim.max_steps": 2}))
     train = write_preference_jsonl(tmp_path / "train.jsonl", 8)
-    over = {**DPO, "parent.model": str(sft), "optim.max_steps": 2}
+    over = {**DPO, "parent.model": str(sft), "optim.max_steps": 2, "optim.lr": "auto"}
     cfg = make_config(tiny_model_dir, train, tmp_path / "dpo", **over)
-    recipe = run_recipe(cfg)
+    log = io.StringIO()
+    recipe = FinetuneRecipe(cfg, Console(file=log, width=200))
+    try:
+        recipe.setup()
+        recipe.train()
+    finally:
+        recipe.cleanup()
     assert lineage(tmp_path / "dpo")[-2:] == [str(sft), str(tmp_path / "dpo")]
+    # "auto" is DPO's own LR (a tenth of SFT's rule at this width), not the SFT parent's 1e-3
+    # x parent.lr_factor: the parent's step size was for another objective.
+    assert recipe.cfg.optim.lr == auto_lr("lora", 64, "dpo") == pytest.approx(6e-5)
+    assert "lr=6e-05" in log.getvalue()
     # The reference is the SFT fine-tune (its adapter on), not the bare base.
     from peft import PeftModel
 

@@ -11,10 +11,11 @@ them with the same `load_config` as `tuneforge train`, so a bad setting is refus
 job is created, with every problem listed at once.
 
 OpenAI's hyperparameters map onto the config: `n_epochs` -> optim.epochs, `batch_size` ->
-optim.batch_size, `learning_rate_multiplier` -> optim.lr = multiplier x the method's "auto" LR
-for the model's width (`tuneforge.auto.auto_lr`), and for `method.type: dpo` (preference
-tuning: task 'dpo') `beta` -> dpo.beta. "auto" keeps TrainConfig's "auto". A DPO job takes
-its settings from `method.dpo` (`hyperparameters`, `tuneforge`) as a supervised one does from
+optim.batch_size, `learning_rate_multiplier` -> optim.lr = multiplier x the "auto" LR of the
+method and task for the model's width (`tuneforge.auto.auto_lr`: DPO's is a tenth of
+supervised fine-tuning's), and for `method.type: dpo` (preference tuning: task 'dpo') `beta`
+-> dpo.beta. "auto" keeps TrainConfig's "auto". A DPO job takes its settings from
+`method.dpo` (`hyperparameters`, `tuneforge`) as a supervised one does from
 `method.supervised`.
 """
 
@@ -327,7 +328,8 @@ def plan_training(
         method = str(ext.get("method", "lora"))
         start = parent_path or base_path
         width = read_folder(start).width if start else None
-        overrides["optim.lr"] = float(hp.learning_rate_multiplier) * auto_lr(method, width)
+        base_lr = auto_lr(method, width, str(overrides.get("task", "causal_lm")))
+        overrides["optim.lr"] = float(hp.learning_rate_multiplier) * base_lr
     if valid_path is not None and "eval.eval_every" not in ext:
         # OpenAI reports validation metrics periodically during training; so do we.
         overrides["eval.eval_every"] = DEFAULT_EVAL_EVERY
@@ -366,8 +368,9 @@ def resolved_hyperparameters(config: dict[str, Any], width: int | None = None) -
 
     optim = config.get("optim", {})
     lr = optim.get("lr")
-    method = config.get("method", "lora")
-    multiplier = round(lr / auto_lr(method, width), 6) if isinstance(lr, (int, float)) else lr
+    method, task = config.get("method", "lora"), config.get("task", "causal_lm")
+    base_lr = auto_lr(method, width, task)
+    multiplier = round(lr / base_lr, 6) if isinstance(lr, (int, float)) else lr
     resolved = {
         "n_epochs": optim.get("epochs"),
         "batch_size": optim.get("batch_size"),

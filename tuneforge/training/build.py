@@ -144,7 +144,8 @@ def resolve_config(
     model's width (hidden size).
 
     The unit of the data is an example, or a packed row with packing. Continued fine-tuning's
-    "auto" LR is the parent's, lowered by parent.lr_factor.
+    "auto" LR is the parent's, lowered by parent.lr_factor, when the parent trained the same
+    task; else the task's own (`auto_lr`).
     """
     unit = (
         len(BatchPlan.create(train_set.lengths, 1, 1, 1, 0, True, cfg.data.max_length).bins)
@@ -152,8 +153,11 @@ def resolve_config(
         else len(train_set.examples)
     )
     parent_lr = None
-    if parent is not None:
-        parent_lr = (parent.lr or auto_lr(cfg.method, width)) * cfg.parent.lr_factor
+    # The parent's LR says what suits this objective only if it trained the same one (an SFT
+    # parent's LR is ten times DPO's): otherwise the task's own "auto" rule.
+    parent_task = ((parent.manifest or {}).get("task") or "causal_lm") if parent else None
+    if parent is not None and parent_task == cfg.task:
+        parent_lr = (parent.lr or auto_lr(cfg.method, width, cfg.task)) * cfg.parent.lr_factor
     multiple = cfg.optim.grad_accum * world_size
     cfg = resolve_auto(cfg, unit, multiple_of=multiple, lr=parent_lr, width=width)
     if cfg.optim.batch_size % multiple:

@@ -288,7 +288,8 @@ class ParentSection(_Section):
         0.5,
         gt=0,
         le=1,
-        description="With optim.lr 'auto', the LR is the parent's LR times this factor.",
+        description="With optim.lr 'auto', the LR is the parent's LR times this factor (when "
+        "the parent trained the same task; DPO after SFT takes DPO's own auto LR).",
     )
 
     @field_validator("model")
@@ -321,7 +322,8 @@ class OptimSection(_Section):
     lr: float | Auto = Field(
         "auto",
         description="Peak learning rate. auto: 2e-4 for LoRA, 2e-5 for full fine-tuning at a "
-        "hidden size of 4096, up to 3x that for narrower models (4096 / hidden size).",
+        "hidden size of 4096, up to 3x that for narrower models (4096 / hidden size); a tenth "
+        "of that for task dpo.",
     )
     schedule: Literal["cosine", "linear", "constant"] = Field(
         "linear", description="Decay after warmup: cosine or linear to zero, or constant."
@@ -618,7 +620,7 @@ def resolve_auto(
         bs = auto_batch_size(n_examples)
         optim.batch_size = max(multiple_of, bs - bs % multiple_of)
     if optim.lr == "auto":
-        optim.lr = lr if lr is not None else auto_lr(cfg.method, width)
+        optim.lr = lr if lr is not None else auto_lr(cfg.method, width, cfg.task)
     dpo = cfg.dpo.model_copy()
     if dpo.beta == "auto":
         dpo.beta = AUTO_BETA
