@@ -369,6 +369,10 @@ def test_a_dpo_jobs_lr_multiplier_is_of_dpos_auto_lr(store, train_file):
     assert resolved_hyperparameters(config)["learning_rate_multiplier"] == 2.0
     config = {**config, "task": "causal_lm"}
     assert resolved_hyperparameters(config)["learning_rate_multiplier"] == 0.2
+    # A DPO job may pick its best evaluation by reward accuracy.
+    es = {"early_stop": {"metric": "valid_reward_accuracy"}}
+    job = store.create_job("org-a", _dpo(train_file.id, **es))
+    assert job.train_overrides["early_stop.metric"] == "valid_reward_accuracy"
 
 
 @pytest.mark.parametrize(
@@ -383,6 +387,11 @@ def test_a_dpo_jobs_lr_multiplier_is_of_dpos_auto_lr(store, train_file):
         (lambda f: _dpo(f, dpo={"label_smoothing": 0.7}), "method.dpo.tuneforge.dpo", "0.5"),
         (lambda f: _dpo(f, task="causal_lm"), "method.dpo.tuneforge", "does not fit"),
         (lambda f: _request(f, task="dpo"), "method.supervised.tuneforge", "does not fit"),
+        (
+            lambda f: _request(f, early_stop={"metric": "valid_reward_accuracy"}),
+            "method.supervised.tuneforge",
+            "not reported by task 'causal_lm'",
+        ),
         (
             lambda f: JobCreate(
                 model="tiny-base",
