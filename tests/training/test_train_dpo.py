@@ -250,8 +250,8 @@ def test_dpo_continues_an_sft_fine_tune_with_lineage(tiny_model_dir, tmp_path):
     assert lineage(tmp_path / "dpo")[-2:] == [str(sft), str(tmp_path / "dpo")]
     # "auto" is DPO's own LR (a tenth of SFT's rule at this width), not the SFT parent's 1e-3
     # x parent.lr_factor: the parent's step size was for another objective.
-    assert recipe.cfg.optim.lr == auto_lr("lora", 64, "dpo") == pytest.approx(6e-5)
-    assert "lr=6e-05" in log.getvalue()
+    assert recipe.cfg.optim.lr == auto_lr("lora", 64, "dpo") == pytest.approx(9e-5)
+    assert "lr=9e-05" in log.getvalue()
     # The reference is the SFT fine-tune (its adapter on), not the bare base.
     from peft import PeftModel
 

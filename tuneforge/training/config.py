@@ -322,7 +322,7 @@ class OptimSection(_Section):
     lr: float | Auto = Field(
         "auto",
         description="Peak learning rate. auto: 2e-4 for LoRA, 2e-5 for full fine-tuning at a "
-        "hidden size of 4096, up to 3x that for narrower models (4096 / hidden size); a tenth "
+        "hidden size of 4096, up to 4.5x that for narrower models (4096 / hidden size); a tenth "
         "of that for task dpo.",
     )
     schedule: Literal["cosine", "linear", "constant"] = Field(
