@@ -1,7 +1,8 @@
 """Preference tuning (DPO): TuneForge vs TRL's DPOTrainer on the real SmolLM2-135M-Instruct.
 
-Both sides train the same generated preference set for the guide's two behaviour goals (a
-concise, polite reply preferred to a verbose one with a blocklisted phrase), with the same
+Both sides train the same generated preference set for the guide's two behaviour goals (the
+bank's concise, polite answer preferred to a rambling one with a blocklisted phrase, as in
+`benchmarks/dpo_evidence.py`; the hold-out pairs ask with phrasings training never saw), with the same
 LoRA (r 16, alpha 32, attention and MLP projections), beta, learning rate, constant schedule,
 batch size, number of steps and fp32. Each side runs in its own subprocess (so peak RSS is its
 own). Both trained adapters are scored by the same function on a hold-out set: reward
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import subprocess
 import sys
@@ -32,58 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
-QUESTIONS = [
-    "How do I reset my password?",
-    "What is my account balance?",
-    "I lost my card, what should I do?",
-    "How long does a transfer take?",
-    "Can I raise my card limit?",
-    "How do I close my account?",
-    "Where can I see my statements?",
-    "How do I change my address?",
-    "Is there a fee for transfers abroad?",
-    "How do I set up a standing order?",
-    "Why was my payment declined?",
-    "How do I order a new card?",
-]
-CONCISE = [
-    "Use the reset link on the sign-in page.",
-    "Your balance is on the home screen.",
-    "Block it in the app; we send a new one.",
-    "Usually one business day.",
-    "Yes, under Card settings in the app.",
-    "Call us and we will close it.",
-    "Under Documents in the app.",
-    "Edit it under Profile.",
-    "Yes, a small fee shown before you confirm.",
-    "Under Payments, choose Standing order.",
-    "Usually the limit or a typo in the details.",
-    "Order one under Card settings.",
-]
-VERBOSE = (
-    "Well, honestly, that is a dumb question, but let me explain everything in great detail, "
-    "step by step, covering every possible case and then repeating the main points again so "
-    "that nothing at all is left unsaid: {answer}"
-)
-BLOCKLIST = ["dumb question"]
+# The preference set of benchmarks/dpo_evidence.py: the bank's concise answer preferred to a
+# rambling reply with a blocklisted phrase; the hold-out pairs ask with unseen phrasings.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dpo_evidence import preference_pairs
 
-
-def make_pairs(n: int, seed: int) -> list[dict]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        k = rng.randrange(len(QUESTIONS))
-        answer = CONCISE[k]
-        rows.append(
-            {
-                "input": {"messages": [{"role": "user", "content": QUESTIONS[k]}]},
-                "preferred_output": [{"role": "assistant", "content": answer}],
-                "non_preferred_output": [
-                    {"role": "assistant", "content": VERBOSE.format(answer=answer.lower())}
-                ],
-            }
-        )
-    return rows
+from tuneforge.demo.bank import BLOCKLISTED as BLOCKLIST
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -274,7 +228,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--lr", type=float, default=None, help="default: TuneForge's auto LR")
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--train-pairs", type=int, default=64)
     ap.add_argument("--holdout-pairs", type=int, default=24)
@@ -285,11 +239,14 @@ def main() -> None:
         from tuneforge.modeling.registry_model import smollm2_folder
 
         cli.model = str(smollm2_folder())
-    if cli.full and cli.lr == 5e-5:
-        cli.lr = 5e-6
+    if cli.lr is None:  # what TuneForge's "auto" gives DPO on this model, for both sides
+        from tuneforge.auto import auto_lr
+        from tuneforge.modeling.folder import read_folder
+
+        cli.lr = auto_lr("full" if cli.full else "lora", read_folder(cli.model).width, "dpo")
     root = Path(tempfile.mkdtemp(prefix="dpo-vs-trl-"))
-    train = write_jsonl(root / "train.jsonl", make_pairs(cli.train_pairs, seed=0))
-    holdout = make_pairs(cli.holdout_pairs, seed=1)
+    train = write_jsonl(root / "train.jsonl", preference_pairs(cli.train_pairs, 1, holdout=False))
+    holdout = preference_pairs(cli.holdout_pairs, 2, holdout=True)
     results, outs = {}, {}
     for side in ("tuneforge", "trl"):
         out = root / side

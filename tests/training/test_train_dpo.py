@@ -76,14 +76,15 @@ def test_preference_pairs_are_masked_exactly_as_sft_masks_the_chat(tiny_model_di
         encode(example, tokenizer)
 
 
-def test_dpo_loss_and_gradient_match_a_direct_computation(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("sft_weight", [0.0, 0.7])
+def test_dpo_loss_and_gradient_match_a_direct_computation(tiny_model_dir, tmp_path, sft_weight):
     pairs, tokenizer = _pairs(tiny_model_dir, tmp_path, 3)
     model, _ = load_model_and_tokenizer(str(tiny_model_dir), "fp32")
     # A reference that differs from the policy, so the sigmoid is away from 1/2.
     for k, p in enumerate(pairs):
         p.ref_chosen, p.ref_rejected = -40.0 - 3 * k, -55.0 + 5 * k
     beta, eps = 0.3, 0.1
-    objective = PreferenceLoss(model, beta, label_smoothing=eps)
+    objective = PreferenceLoss(model, beta, label_smoothing=eps, sft_weight=sft_weight)
     loss_sum, n, correct, sums = objective(collate_pairs(pairs, tokenizer.pad_token_id))
     loss_sum.backward()
     got = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -97,6 +98,9 @@ def test_dpo_loss_and_gradient_match_a_direct_computation(tiny_model_dir, tmp_pa
             - (_direct_logps(model, p.rejected) - p.ref_rejected)
         )
         want = want - (1 - eps) * F.logsigmoid(z) - eps * F.logsigmoid(-z)
+        # SFT-regularised: the preferred reply's mean per-token negative log-likelihood.
+        n_chosen = sum(label != IGNORE_INDEX for label in p.chosen.labels[1:])
+        want = want - sft_weight * _direct_logps(model, p.chosen) / n_chosen
         wins += int(z.item() > 0)
     want.backward()
     assert int(n) == 3 and int(correct) == wins

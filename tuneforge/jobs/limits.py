@@ -62,6 +62,7 @@ CLIENT_KEYS = frozenset(
         "classify.labels",
         "dpo.beta",
         "dpo.label_smoothing",
+        "dpo.sft_weight",
         "parent.replay",
         "parent.lr_factor",
         "optim.epochs",

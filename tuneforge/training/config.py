@@ -260,6 +260,13 @@ class DpoSection(_Section):
         description="Share of pairs assumed mislabelled (conservative DPO); 0 is plain "
         "sigmoid DPO.",
     )
+    sft_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the preferred reply's mean per-token loss added to each pair's "
+        "DPO loss (SFT-regularised DPO; RPO, TRL's rpo_alpha): keeps the preferred replies "
+        "likely while the pair's margin grows. 0 is plain DPO; 1 as in RPO.",
+    )
 
     @field_validator("beta")
     @classmethod

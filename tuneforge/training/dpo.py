@@ -5,9 +5,12 @@ likelihood of a preferred reply y_w over a non-preferred one y_l, relative to a 
 reference policy pi_ref:
 
     z = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))
-    loss = -(1 - eps) * log sigmoid(beta * z) - eps * log sigmoid(-beta * z)
+    loss = -(1 - eps) * log sigmoid(beta * z) - eps * log sigmoid(-beta * z) + alpha * nll(y_w)
 
-(eps: `dpo.label_smoothing`, 0 by default: plain sigmoid DPO). `beta * (log pi - log pi_ref)`
+(eps: `dpo.label_smoothing`, 0 by default: plain sigmoid DPO; alpha: `dpo.sft_weight`, 0 by
+default, with nll(y_w) the preferred reply's mean per-token negative log-likelihood: SFT-
+regularised DPO, as RPO (Pang et al., 2024) and TRL's `rpo_alpha`. Plain DPO only widens the
+gap, and can widen it by pushing both replies down; the term keeps the preferred one likely). `beta * (log pi - log pi_ref)`
 is a reply's implicit reward; reward accuracy is the share of pairs whose preferred reply has
 the higher reward, the reward margin the mean difference.
 
@@ -122,6 +125,11 @@ def _chunk_logps(head: nn.Module, h: torch.Tensor, t: torch.Tensor) -> torch.Ten
     return -F.cross_entropy(head(h).float(), t, reduction="none")  # (n,)
 
 
+def trained_counts(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(R,) the number of trained tokens of each row (as `sequence_logps` sums them)."""
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+
 def sequence_logps(
     model: nn.Module, batch: dict[str, torch.Tensor], chunk: int = 1024
 ) -> torch.Tensor:
@@ -180,11 +188,14 @@ def dpo_loss(
 class PreferenceLoss(nn.Module):
     """Summed DPO loss over pairs; wrap this (not the model) in DDP."""
 
-    def __init__(self, model: nn.Module, beta: float, label_smoothing: float = 0.0):
+    def __init__(
+        self, model: nn.Module, beta: float, label_smoothing: float = 0.0, sft_weight: float = 0.0
+    ):
         super().__init__()
         self.model = model
         self.beta = beta
         self.label_smoothing = label_smoothing
+        self.sft_weight = sft_weight
 
     def _sums(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
         logps = sequence_logps(self.model, batch)  # (2B,)
@@ -193,6 +204,9 @@ class PreferenceLoss(nn.Module):
         ref_c = batch["ref_chosen"].to(logps.dtype)
         ref_r = batch["ref_rejected"].to(logps.dtype)
         loss, r_c, r_r = dpo_loss(chosen, rejected, ref_c, ref_r, self.beta, self.label_smoothing)
+        if self.sft_weight:
+            chosen_tokens = trained_counts(batch)[:b].clamp(min=1).to(chosen.dtype)
+            loss = loss - self.sft_weight * chosen / chosen_tokens
         loss_sum = loss.sum()
         sums = {
             "loss_sum": loss_sum.detach(),

@@ -202,7 +202,9 @@ class FinetuneRecipe:
             self.objective = SequenceClassificationLoss(self.model, len(self.labels or []))
         elif cfg.task == "dpo":
             assert isinstance(cfg.dpo.beta, float)
-            self.objective = PreferenceLoss(self.model, cfg.dpo.beta, cfg.dpo.label_smoothing)
+            self.objective = PreferenceLoss(
+                self.model, cfg.dpo.beta, cfg.dpo.label_smoothing, cfg.dpo.sft_weight
+            )
             # DPO's reference: the starting weights' log-probs of every pair, once, before
             # the first step (a resume recomputes them from the same start, before loading
             # the checkpoint's weights).

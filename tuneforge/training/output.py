@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
     from tuneforge.training.loop import FinetuneRecipe
 
+# What a run's `tokens` counts, per task: a DPO step trains pairs, a classifier examples.
+TRAINED_UNITS = {"dpo": "pairs", "classify": "examples"}
+
 
 @dataclass
 class TrainResult:
@@ -140,7 +143,7 @@ def export_run(recipe: FinetuneRecipe, final: dict[str, Any]) -> None:
     )
     r.console.print(
         f"done ({final['stop_reason']}): {r.state.step} steps, "
-        f"{r.state.tokens:,} trained tokens"
+        f"{r.state.tokens:,} {TRAINED_UNITS.get(r.cfg.task, 'trained tokens')}"
         + (
             f", full_valid_loss {final['full_valid_loss']:.4f}"
             if "full_valid_loss" in final
@@ -240,6 +243,7 @@ def report_setup(recipe: FinetuneRecipe, console: Console) -> None:
         c.print(
             f"preference tuning (DPO): beta={cfg.dpo.beta:g}"
             + (f", label smoothing {cfg.dpo.label_smoothing:g}" if cfg.dpo.label_smoothing else "")
+            + (f", SFT weight {cfg.dpo.sft_weight:g}" if cfg.dpo.sft_weight else "")
             + "; reference: the starting model's log-probs of every pair, computed once"
         )
     if r.unfreeze is not None:
