@@ -12,8 +12,6 @@ CLI (in this process), so what the demo shows is what the tool does. Two example
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import gc
 import io
 import json
 import shlex
@@ -36,6 +34,7 @@ from tuneforge.demo.prose import prose
 from tuneforge.demo.search import SYSTEM as SEARCH_SYSTEM
 from tuneforge.demo.search import write_search_dataset
 from tuneforge.fsutil import atomic_write
+from tuneforge.memory import peak_rss_gb, release_memory, reset_peak_rss
 
 EXAMPLES = ("bank", "search")
 # Conversations in the bank dataset for a real model (the demo's time goes to training on them).
@@ -122,28 +121,6 @@ class Journey:
 
     def path(self, name: str) -> str:
         return str(self.workdir / name)
-
-
-def peak_rss_gb() -> float | None:
-    """This process's peak resident memory since the last `reset_peak_rss` (Linux), in GB."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1e6  # kB
-    return None
-
-
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the system (glibc's malloc_trim)."""
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def reset_peak_rss() -> None:
-    """Start a new peak: Linux resets VmHWM to the current RSS on "5" in clear_refs."""
-    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def write_general_text(path: Path, n: int = 60, seed: int = 99, toy: bool = True) -> Path:
