@@ -15,7 +15,7 @@ PACKAGE = Path(tuneforge.__file__).parent
 
 # Lowest first. A module may import its own layer and the layers below it.
 LAYERS = [
-    {"fsutil", "auto"},
+    {"fsutil", "auto", "memory"},
     {"data"},
     {"tokenize"},
     {"modeling"},
