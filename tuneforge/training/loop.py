@@ -146,9 +146,6 @@ class FinetuneRecipe:
         nothing. `setup` calls it; `lr_find` calls it alone (its sweep leaves the folder alone).
         """
         cfg = self.cfg
-        # A step's activations go back to the system when freed, not into heap holes that
-        # raise the next step's peak (see `tuneforge.memory`).
-        memory.free_large_blocks_promptly()
         # Processes first: everything else may depend on rank and device.
         self.proc = Processes.from_env()
         self.dtype = resolve_run_dtype(cfg.model.dtype, self.proc)
