@@ -1,21 +1,13 @@
-"""This process's resident memory: reading it, and keeping freed memory from piling up.
+"""This process's resident memory: reading it, and handing freed memory back to the system.
 
 Linux reports the resident set (`VmRSS`) and its high-water mark (`VmHWM`) in
 `/proc/self/status`; writing "5" to `/proc/self/clear_refs` starts a new high-water mark. Other
 systems have no such files: the readings are then None and the resets do nothing.
 
-glibc's malloc serves a freed block of 128 KiB or more from `mmap` and returns it to the system
-at once, but after the first such free it raises that threshold (up to 32 MiB) so that later
-blocks below it come from the heap, where a freed block stays resident until something reuses
-its exact place. A training step allocates and frees hundreds of MB of activations of
-changing shapes (length-grouped batches), so with the raised threshold the heap keeps the
-free holes of every earlier step: on a 135M-parameter LoRA run, 0.5 GB more peak than the
-step ever holds. `free_large_blocks_promptly` pins the threshold at glibc's default.
-
 Example:
-    >>> free_large_blocks_promptly()
-    >>> ...  # train
-    >>> peak_rss_gb()  # e.g. 1.81
+    >>> reset_peak_rss()
+    >>> ...  # a phase
+    >>> peak_rss_gb()  # e.g. 2.30
 """
 
 from __future__ import annotations
@@ -25,11 +17,6 @@ import ctypes
 import ctypes.util
 import gc
 from pathlib import Path
-
-# glibc's mallopt parameter, and its default value (128 KiB): blocks at least this large are
-# mmap'd and unmapped when freed. Setting it turns off glibc's dynamic raising of it.
-_M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 128 * 1024
 
 
 def _status(field: str) -> float | None:
@@ -73,20 +60,6 @@ def release_memory() -> None:
     with contextlib.suppress(AttributeError):
         if libc is not None:
             libc.malloc_trim(0)
-
-
-def free_large_blocks_promptly() -> bool:
-    """Have glibc return every freed block of 128 KiB or more to the system at once (its
-    default threshold, kept from rising). Returns whether it took (False off glibc).
-
-    A tensor is freed with `munmap` instead of staying in the heap; allocating it again costs
-    page faults, which on a training step's shapes are lost in the matmuls' time.
-    """
-    libc = _libc()
-    with contextlib.suppress(AttributeError):
-        if libc is not None:
-            return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
-    return False
 
 
 def snapshot() -> dict[str, float | None]:
