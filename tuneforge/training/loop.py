@@ -38,6 +38,7 @@ import torch
 from rich.console import Console
 
 from tuneforge import memory
+from tuneforge.modeling.attention import use_block_attention
 from tuneforge.modeling.lean import lean_saves
 from tuneforge.modeling.load import base_causal_lm, find_blocks
 from tuneforge.modeling.trainable import LoraSpec, apply_lora, build_plan
@@ -200,6 +201,8 @@ class FinetuneRecipe:
             hold_bf16(self.model, cfg, self.trainable, self.n_blocks, self.unfreeze is not None)
         # Norms and MLPs keep less for backward, with the same forward (`modeling.lean`).
         lean_saves(self.model)
+        if self.dtype.name == "bf16":  # causal attention on the bf16 matmul units (CPU)
+            use_block_attention(self.model)
         if cfg.model.gradient_checkpointing:
             base_causal_lm(self.model).gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}

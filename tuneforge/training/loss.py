@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tuneforge.modeling.attention import drop_padding_mask
 from tuneforge.modeling.load import base_causal_lm, body_and_head
 from tuneforge.tokenize import IGNORE_INDEX, collate_padded
 
@@ -149,6 +150,7 @@ def causal_lm_loss(
     targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
     mask = targets != IGNORE_INDEX  # (B, T-1)
     n_trained = mask.sum()
+    attention_mask = drop_padding_mask(model, attention_mask)  # right padding: causal suffices
     kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
     if position_ids is not None:
         kwargs["position_ids"] = position_ids
