@@ -49,27 +49,41 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_b = (
             torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) if need_b else None
         )
+        # One (chunk, V) fp32 block (and its compute-dtype twin) for every chunk: a fresh
+        # 32 MiB tensor per chunk is a fresh mapping whose pages fault in and are zeroed.
+        rows_max, n_vocab = min(chunk, hidden.shape[0]), weight.shape[0]
+        block = torch.empty((rows_max, n_vocab), dtype=torch.float32, device=hidden.device)
+        twin = None
+        if hidden.dtype != torch.float32:
+            twin = torch.empty((rows_max, n_vocab), dtype=hidden.dtype, device=hidden.device)
         with torch.autocast(hidden.device.type, enabled=False):
             for start in range(0, hidden.shape[0], chunk):
                 h = hidden[start : start + chunk]  # (n, H)
                 t = targets[start : start + chunk]  # (n,)
-                logits = (h @ weight.T).float()  # (n, V)
+                n = h.shape[0]
+                if twin is None:
+                    logits = torch.mm(h, weight.T, out=block[:n])  # (n, V)
+                else:
+                    logits = block[:n].copy_(torch.mm(h, weight.T, out=twin[:n]))
                 if bias is not None:
                     logits += bias.float()
-                lse = torch.logsumexp(logits, dim=-1)  # (n,)
-                loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                rows = torch.arange(n, device=t.device)
                 correct += (logits.argmax(dim=-1) == t).sum()
+                target = logits[rows, t]
+                top = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+                total = logits.sub_(top).exp_().sum(dim=-1, keepdim=True)  # sum exp(x - top)
+                loss += (total.log() + top).sum() - target.sum()  # logsumexp - target logit
                 if need_h or need_w or need_b:
                     # d(sum CE)/d(logits) = softmax - onehot, computed in place: (n, V)
-                    g = logits.sub_(lse[:, None]).exp_()
-                    g[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                    g = logits.div_(total)
+                    g[rows, t] -= 1.0
                     if need_b:
                         grad_b += g.sum(0)
-                    g = g.to(hidden.dtype)
+                    g_low = g if twin is None else twin[:n].copy_(g)
                     if need_h:
-                        grad_h[start : start + chunk] = g @ weight
+                        torch.mm(g_low, weight, out=grad_h[start : start + n])
                     if need_w:  # accumulate (V, H) in fp32 whatever the compute dtype
-                        grad_w.addmm_(g.T.float(), h.float())
+                        grad_w.addmm_(g.T, h.float())
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(correct)
