@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import gc
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def reset_peak_rss() -> None:
         f.write("5")
 
 
-def _libc() -> ctypes.CDLL | None:
+@functools.cache
+def _libc() -> ctypes.CDLL | None:  # find_library runs `ldconfig -p`: once a process
     name = ctypes.util.find_library("c")
     with contextlib.suppress(OSError, TypeError):
         return ctypes.CDLL(name or "libc.so.6")

@@ -110,17 +110,24 @@ def test_padded_batch_loss_and_grads_match_sdpa_with_mask(tiny_model_dir):
         assert rel < 3e-2, (name, rel)
 
 
-def test_other_calls_go_to_sdpa(tiny_model_dir, tiny_gpt2_dir):
-    """fp32, generation with a cache, and models outside the list keep SDPA's results."""
+def test_other_calls_go_to_sdpa(tiny_model_dir, tiny_gpt2_dir, monkeypatch):
+    """fp32, the decoding steps of generation with a cache, and models outside the list go
+    to SDPA; in bf16 only the prompt's forward (a query as long as the keys) is blocked."""
     gpt2 = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
     assert not use_block_attention(gpt2)
+    calls: list[int] = []
+    apply = _CausalAttention.apply
+    monkeypatch.setattr(_CausalAttention, "apply", lambda *a: calls.append(1) or apply(*a))
     ids = torch.randint(4, 300, (1, 12), generator=torch.Generator().manual_seed(4))
     for dtype in (torch.float32, torch.bfloat16):
         plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
         ours = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype)
         use_block_attention(ours)
         kw = {"max_new_tokens": 6, "do_sample": False}
+        calls.clear()
         assert torch.equal(ours.generate(ids, **kw), plain.generate(ids, **kw))
+        # bf16: the prompt once in each of the 2 layers, never a decoding step; fp32: never
+        assert len(calls) == (2 if dtype == torch.bfloat16 else 0)
         with torch.no_grad():
             if dtype == torch.float32:  # fp32 never takes the blocked path
                 assert torch.equal(ours(ids).logits, plain(ids).logits)

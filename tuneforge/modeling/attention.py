@@ -14,7 +14,7 @@ The scores are rounded to bf16 before the softmax (the flash kernel keeps them i
 as they are in transformers' eager attention under autocast.
 
 `use_block_attention` installs it on a model of the architectures listed below; it applies
-to a call only where it computes exactly what SDPA would (bf16 on a CPU, causal, no mask,
+to a call only where it computes the same function as SDPA (bf16 on a CPU, causal, no mask,
 no dropout, no soft-capping or sliding window, a query as long as the keys), and any other
 call (generation with a cache, fp32, a GPU, a packed batch's mask) goes to SDPA. Right
 padding needs no mask in a causal model, since no real token attends to a later position:

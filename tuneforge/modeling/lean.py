@@ -12,7 +12,9 @@ block keep more than their backward needs:
   product). `_SiluMulFunction` keeps gate and up only, and recomputes silu in backward.
 
 Both compute the forward with the same operations, in the same order, as the modules they
-replace (outputs are bit-identical); the backward is computed in fp32 and rounded once. Only
+replace (outputs are bit-identical). The norm's backward is computed in fp32 and rounded
+once; the MLP's runs the ops autograd would run on the unfused forward (a dozen fp32 passes
+over the (tokens, intermediate) activations cost as much as a block's attention). Only
 the listed architectures' modules are changed (others' forwards differ: Gemma's norm scales
 by 1 + weight).
 

@@ -199,7 +199,7 @@ class FinetuneRecipe:
             raise ValueError("no parameter trains: check method, freeze and unfreeze settings")
         if self.dtype.name == "bf16":  # frozen weights in bf16 once, trained ones in fp32
             hold_bf16(self.model, cfg, self.trainable, self.n_blocks, self.unfreeze is not None)
-        # Norms and MLPs keep less for backward, with the same forward (`modeling.lean`).
+        # Norms and MLPs keep less for backward, LoRA linears fuse their sum (`modeling.lean`).
         lean_saves(self.model)
         if self.dtype.name == "bf16":  # causal attention on the bf16 matmul units (CPU)
             use_block_attention(self.model)
