@@ -9,8 +9,14 @@ The data is generated here (deterministic multi-turn chats with system prompts, 
 ~240 tokens on average) with a held-out split. Both trainers get the same data, optimizer
 steps, batch size, learning rate, warmup + linear decay, max length, LoRA settings (r 16,
 alpha 32, TuneForge's default dropout (0) and target modules), no gradient checkpointing (TRL's
-SFTConfig turns it on by default; TuneForge's default is off), no packing, length-grouped
-batches, and loss on the assistant tokens only (each assistant message and its <|im_end|>).
+SFTConfig turns it on by default; TuneForge's default is off), no packing, and loss on the
+assistant tokens only (each assistant message and its <|im_end|>).
+
+Both train the very same batches in the same order: TuneForge's length-grouped batches, which
+TRL reads sequentially (the script checks that both trained the same number of tokens). Over a
+few dozen steps under a decaying LR, the order of the batches moves the hold-out loss more than
+the trainer does: on the default job TRL gave 1.2478 on its own length-grouped order and 1.3435
+on TuneForge's, so a loss compared across two random orders would measure the draw.
 
 Each trainer runs in its own subprocess, with torch threads = this machine's cores, so its peak
 RSS (from `wait4`) is its own. Each side runs at its best dtype: TuneForge with `dtype: auto`
@@ -36,6 +42,7 @@ Needs TRL (`pip install "tuneforge[bench]"`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -332,6 +339,7 @@ def run_tuneforge(spec: dict) -> dict:
                 return batch
 
             recipe._collate = counted  # count the tokens of every training micro-batch
+            seen["batches"] = step_batches(recipe, spec["steps"])
         elif event == "step":
             seen["t1"], seen["c1"], seen["tokens"] = time.perf_counter(), _cpu_s(), data["tokens"]
 
@@ -348,7 +356,25 @@ def run_tuneforge(spec: dict) -> dict:
         "all_tokens": counts["all"],
         "folder": spec["out"],
         "memory": {"imported": imported, **manifest["memory"]["phases"]},
+        "batches": seen["batches"],
     }
+
+
+def digest(ids: list[int]) -> str:
+    """A short name for a token sequence: how the two processes agree on which chat is which."""
+    return hashlib.sha1(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def step_batches(recipe, steps: int) -> list[list[str]]:
+    """The batches TuneForge's step loop will train, in order (each example by the `digest` of
+    its token ids), for TRL to train the very same batches."""
+    batches: list[list[int]] = []
+    epoch = 0
+    while len(batches) < steps:
+        batches += recipe.plan.epoch_batches(epoch)
+        epoch += 1
+    examples = recipe.train_set.examples
+    return [[digest(examples[i].input_ids) for i in b] for b in batches[:steps]]
 
 
 def run_trl(spec: dict) -> dict:
@@ -377,7 +403,9 @@ def run_trl(spec: dict) -> dict:
     tok = AutoTokenizer.from_pretrained(spec["model"])
     tok.chat_template = MARKED_TEMPLATE
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    # TuneForge's batches in TuneForge's order (see `main`), read one after another.
     rows = [json.loads(line) for line in Path(spec["train"]).read_text().splitlines()]
+    rows = [rows[i] for batch in spec["batches"] for i in batch]
     bf16 = spec["dtype"] == "bf16"
     config = SFTConfig(
         output_dir=spec["out"] + "-trainer",
@@ -393,7 +421,7 @@ def run_trl(spec: dict) -> dict:
         packing=False,
         pad_to_multiple_of=8,  # as TuneForge's padded batches
         gradient_checkpointing=False,  # SFTConfig's default is True; TuneForge's is off
-        train_sampling_strategy="group_by_length",
+        train_sampling_strategy="sequential",  # the rows are in TuneForge's batches already
         logging_steps=10,
         save_strategy="no",
         eval_strategy="no",
@@ -596,8 +624,10 @@ def main() -> None:
     assert own == tokenizer.apply_chat_template(
         sample, chat_template=MARKED_TEMPLATE, tokenize=False
     )
-    lengths = [len(tokenizer.apply_chat_template(c["messages"], tokenize=True, return_dict=True)
-                   ["input_ids"]) for c in train]  # fmt: skip
+    ids = [tokenizer.apply_chat_template(c["messages"], tokenize=True, return_dict=True)
+           ["input_ids"] for c in train]  # fmt: skip
+    row_of = {digest(list(x)): i for i, x in enumerate(ids)}  # TuneForge's examples -> chats
+    lengths = [len(x) for x in ids]
     too_long = sum(n > args.max_length for n in lengths)
     if too_long:  # TuneForge drops them, TRL truncates them: the data would differ
         sys.exit(f"{too_long} training chats are longer than --max-length {args.max_length}")
@@ -634,10 +664,17 @@ def main() -> None:
             order = [r for pair in zip(*runs, strict=False) for r in pair]  # interleaved A B A B
             order += runs[0][len(runs[1]) :] + runs[1][len(runs[0]) :]
             results[method] = {"tuneforge": [], "trl": []}
-            for side, dtype in order:
+            for side, dtype in order:  # TuneForge first: TRL trains its batches
                 out = str(workdir / f"{method}-{side}-{dtype}")
                 spec = {**common, "side": side, "dtype": dtype, "out": out}
                 r = launch(spec, workdir)
+                if side == "tuneforge":
+                    common["batches"] = [[row_of[d] for d in b] for b in r.pop("batches")]
+                    tf_trained = r["trained_tokens"]
+                    if any(len(b) != args.batch_size for b in common["batches"]):
+                        sys.exit("a batch is not full: TRL's sequential batches would differ")
+                elif r["trained_tokens"] != tf_trained:  # the same batches train the same tokens
+                    sys.exit(f"TRL trained {r['trained_tokens']} tokens, TuneForge {tf_trained}")
                 results[method][side].append(r)
                 print(
                     f"  {method:4} {side:9} {r['dtype']:>10}: {r['all_tps']:7.0f} tok/s, "

@@ -14,6 +14,7 @@ from tuneforge.evaluation.data import read_holdout
 from tuneforge.evaluation.generate import GenerationSettings, generate_replies, stop_token_ids
 from tuneforge.evaluation.likelihood import example_losses
 from tuneforge.evaluation.loading import EvalError, load_for_eval
+from tuneforge.modeling import attention
 from tuneforge.tokenize import collate_padded
 from tuneforge.training.loss import causal_lm_loss
 
@@ -41,6 +42,32 @@ def test_per_example_losses_add_up_to_the_training_loss(base, holdout):
     # Each row is the example's own loss, whatever batch it was in.
     alone = example_losses(base.model, encs[:1], base.tokenizer.pad_token_id)
     assert alone[0][0] == pytest.approx(rows[0][0], rel=1e-5)
+
+
+def test_bf16_losses_take_the_blocked_attention_and_match_sdpa(
+    tiny_model_dir, holdout, monkeypatch
+):
+    """In bf16 the evaluation takes training's fast path: the blocked causal attention, the
+    right-padding mask dropped. Its per-example losses are SDPA's with the mask, within bf16
+    rounding."""
+    fast = load_for_eval(tiny_model_dir, "bf16")
+    assert fast.model.config._attn_implementation == attention.NAME
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    calls: list[int] = []
+    apply = attention._CausalAttention.apply
+    monkeypatch.setattr(
+        attention._CausalAttention, "apply", lambda *a: calls.append(1) or apply(*a)
+    )
+    encs = [e.encoded for e in holdout]
+    assert len({len(e) for e in encs}) > 1  # the batches are padded
+    pad = fast.tokenizer.pad_token_id
+    ours = example_losses(fast.model, encs, pad, batch_size=4)
+    assert calls  # the blocked attention ran
+    calls.clear()
+    theirs = example_losses(plain, encs, pad, batch_size=4)
+    assert not calls
+    for (a, n, _), (b, m, _) in zip(ours, theirs, strict=True):
+        assert n == m and a == pytest.approx(b, rel=2e-2)
 
 
 def test_prompt_is_the_conversation_before_the_last_reply(base, holdout):

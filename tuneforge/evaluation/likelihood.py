@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
+from tuneforge.modeling.attention import drop_padding_mask
 from tuneforge.modeling.load import base_causal_lm, body_and_head
 from tuneforge.tokenize import IGNORE_INDEX, Encoded, collate_padded
 from tuneforge.training.loss import head_cross_entropy
@@ -44,10 +45,10 @@ def example_losses(
         start += size
         batch = collate_padded([examples[i] for i in items], pad_id, pad_to_multiple_of=8)
         input_ids = batch["input_ids"].to(device)
+        # Right padding: the causal mask suffices (as in training's loss).
+        attention_mask = drop_padding_mask(model, batch["attention_mask"].to(device))
         hidden = body(
-            input_ids=input_ids,
-            attention_mask=batch["attention_mask"].to(device),
-            use_cache=False,
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state  # (B, T, H)
         targets = batch["labels"][:, 1:].to(device)  # (B, T-1): position t predicts t+1
         mask = targets != IGNORE_INDEX  # (B, T-1)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from tuneforge.modeling.attention import use_block_attention
 from tuneforge.modeling.dtype import resolve_dtype
 from tuneforge.modeling.folder import (
     TOKENIZER_FILES,
@@ -110,6 +111,8 @@ def load_for_eval(
     except (OSError, ValueError) as e:
         raise EvalError(f"cannot load model {name!r}: {e}") from e
     model.to(device).eval()
+    if choice.name == "bf16":  # causal attention on the bf16 matmul units, as in training
+        use_block_attention(model)
     return LoadedModel(
         model, tokenizer, name, base, is_adapter, manifest, choice.name, choice.reason
     )
