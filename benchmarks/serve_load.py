@@ -17,6 +17,7 @@ prompts, same chat template (the GGUF's), greedy, same max tokens, tokens/s side
     python benchmarks/serve_load.py                      # tiny model, 1/4/16 clients
     python benchmarks/serve_load.py --hidden 256 --layers 4 --max-tokens 64 --requests 4
     python benchmarks/serve_load.py --real --clients 1 8 --max-tokens 64 --no-hf-peer
+    python benchmarks/serve_load.py --real --clients 1 8 --max-tokens 64 --no-hf-peer --quantize int4
 
 `--constrained` measures grammar-constrained decoding instead (TuneForge alone, its own peer):
 16 concurrent streams (`--clients`), half of them with a `json_schema` response format, against
@@ -352,6 +353,9 @@ def main() -> None:
     parser.add_argument("--startup-timeout", type=float, default=240)
     parser.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct + llama.cpp.")
     parser.add_argument("--dtype", default="auto", help="TuneForge's serving dtype.")
+    parser.add_argument(
+        "--quantize", default="none", help="TuneForge's decode weights: none, int8, int4."
+    )
     parser.add_argument("--threads", type=int, default=2, help="TuneForge's torch threads.")
     parser.add_argument("--llama-threads", type=int, default=2)
     parser.add_argument("--no-hf-peer", action="store_true", help="Skip transformers serve.")
@@ -384,7 +388,7 @@ def main() -> None:
             [sys.executable, "-m", "tuneforge", "serve", "--model-dir", str(folder.parent),
              "--base-model", folder.name, "--port", str(tf_port), "--max-batch-size", "16",
              "--max-queue", "256", "--data-dir", str(workdir / "data"), "--dtype", args.dtype,
-             "--no-worker"],
+             "--quantize", args.quantize, "--no-worker"],
             env={**env, "TUNEFORGE_TORCH_THREADS": str(args.threads)}, stdout=subprocess.DEVNULL, stderr=_log(workdir / "tuneforge.log"),
         )  # fmt: skip
         procs.append(tf)

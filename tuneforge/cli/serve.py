@@ -26,6 +26,9 @@ def serve(
         None, "--api-keys-file", help='JSON file mapping key -> organization: {"sk-..": "org"}.'
     ),
     dtype: str | None = typer.Option(None, "--dtype", help="auto, fp32, bf16 or fp16."),
+    quantize: str | None = typer.Option(
+        None, "--quantize", help="none, int8 or int4: the weights decode steps read (CPU)."
+    ),
     device: str | None = typer.Option(None, "--device", help="torch device (default: auto)."),
     max_batch_size: int | None = typer.Option(None, "--max-batch-size", help="Rows per step."),
     max_queue: int | None = typer.Option(None, "--max-queue", help="Waiting requests before 429."),
@@ -72,6 +75,7 @@ def serve(
             port=port,
             api_keys_file=api_keys_file,
             dtype=dtype,
+            quantize=quantize,
             device=device,
             max_batch_size=max_batch_size,
             max_queue=max_queue,

@@ -78,6 +78,7 @@ class EngineConfig:
     """Engine knobs (a subset of `ServerSettings`, which the engine does not import)."""
 
     dtype: str = "auto"  # resolved by `tuneforge.modeling.dtype.resolve_dtype`
+    quantize: str = "none"  # decode steps' weights (`tuneforge.inference.quantize`)
     device: str | None = None
     max_batch_size: int = 16
     max_queue: int = 64
@@ -109,6 +110,7 @@ class Engine:
             self.device,
             self._on_loaded,
             dtype=config.dtype,
+            quantize=config.quantize,
             trust_remote_code=config.trust_remote_code,
             max_adapters=config.max_adapters,
             max_full_models=config.max_full_models,
@@ -149,6 +151,14 @@ class Engine:
             self.failed = f"loading {self._models.base_source} failed: {err}"
             raise
         self.ready = True
+
+    def quantized_note(self) -> str:
+        """What `quantize` did to the base model, for the startup line ("" for none)."""
+        done, skipped = self._models.quantized
+        if self.config.quantize == "none":
+            return ""
+        kept = f", {skipped} kept as they were (shapes the kernel does not take)" if skipped else ""
+        return f"; decode steps read {self.config.quantize} weights in {done} linear layers{kept}"
 
     def start(self) -> None:
         """Start the scheduler thread (idempotent)."""

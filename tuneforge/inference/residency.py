@@ -31,6 +31,7 @@ from transformers import AutoConfig, DynamicCache
 
 from tuneforge.inference.lanes import Lane
 from tuneforge.inference.params import EngineError
+from tuneforge.inference.quantize import quantize_for_decoding
 from tuneforge.inference.registry import ModelEntry
 from tuneforge.inference.vocab import Vocab
 from tuneforge.tokenize.tokenizer import load_tokenizer
@@ -112,6 +113,7 @@ class Residency:
         on_loaded: Callable[[str, LoadedModel | Exception], None],
         *,
         dtype: str = "fp32",
+        quantize: str = "none",
         trust_remote_code: bool = False,
         max_adapters: int = 8,
         max_full_models: int = 1,
@@ -119,10 +121,12 @@ class Residency:
         self.base_entry = base
         self.device = device
         self.dtype = dtype
+        self.quantize = quantize
         self.trust_remote_code = trust_remote_code
         self.max_adapters = max_adapters
         self.max_full_models = max_full_models
         self._on_loaded = on_loaded
+        self.quantized = (0, 0)  # the base's linear layers quantized, and left as they were
         self.base: LoadedModel | None = None
         # Merged models by key (their folder), LRU; touched by the scheduler thread only.
         self.full: collections.OrderedDict[str, LoadedModel] = collections.OrderedDict()
@@ -155,6 +159,7 @@ class Residency:
             device=self.device,
         )
         model.eval()
+        self.quantized = quantize_for_decoding(model, self.quantize)
         vocab = Vocab(tokenizer, context_of(model.config))
         self._vocabs[BASE_KEY] = vocab
         self.base = LoadedModel(model, vocab, self.device)
@@ -341,6 +346,7 @@ class Residency:
                 device=self.device,
             )
             model.eval()
+            quantize_for_decoding(model, self.quantize)
             with self._vocab_lock:  # one tokenizer per model: reuse the request side's
                 vocab = self._vocabs.setdefault(key, Vocab(tokenizer, context_of(model.config)))
             result = LoadedModel(model, vocab, self.device)

@@ -216,11 +216,12 @@ def _load(engine: Engine) -> None:
     assert engine.dtype is not None
     # uvicorn's own channel: the one `tuneforge serve` prints at info level.
     logging.getLogger("uvicorn.error").info(
-        "serving %s on %s in %s (%s)",
+        "serving %s on %s in %s (%s)%s",
         engine.base.id,
         engine.device,
         engine.dtype.name,
         engine.dtype.reason,
+        engine.quantized_note(),
     )
 
 

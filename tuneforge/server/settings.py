@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tuneforge.data.io import ReadLimits
+from tuneforge.inference.quantize import KINDS as QUANTIZE_KINDS
 from tuneforge.jobs.limits import JobLimits
 from tuneforge.modeling.dtype import DTYPE_NAMES
 
@@ -139,6 +140,12 @@ class ServerSettings(BaseSettings):
         description="auto, fp32, bf16 or fp16. auto: bf16 where the device runs it fast (CUDA "
         "with bf16; a CPU whose measured probe finds bf16 clearly faster), else fp32.",
     )
+    quantize: str = Field(
+        "none",
+        description="none, int8 or int4: decode steps on a CPU read a quantized copy of the "
+        "weights (int4: groups of 32 with a scale and zero point, GGUF Q4_1's layout; the output "
+        "head in int8). Prompts keep the full weights.",
+    )
     device: str | None = Field(None, description="torch device (default: cuda if available).")
     max_batch_size: int = Field(16, ge=1, description="Sequences decoded together per step.")
     max_queue: int = Field(64, ge=0, description="Requests waiting for a slot before 429.")
@@ -190,6 +197,13 @@ class ServerSettings(BaseSettings):
     def _check_dtype(cls, value: str) -> str:
         if value not in DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}")
+        return value
+
+    @field_validator("quantize")
+    @classmethod
+    def _check_quantize(cls, value: str) -> str:
+        if value not in QUANTIZE_KINDS:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_KINDS)}")
         return value
 
     @field_validator("api_keys", "admin_keys", "allowed_hosts", mode="before")
