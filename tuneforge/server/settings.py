@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tuneforge.data.io import ReadLimits
@@ -192,18 +192,12 @@ class ServerSettings(BaseSettings):
     )
     trust_remote_code: bool = Field(False, description="Run model code from the Hub (off).")
 
-    @field_validator("dtype")
+    @field_validator("dtype", "quantize")
     @classmethod
-    def _check_dtype(cls, value: str) -> str:
-        if value not in DTYPE_NAMES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPE_NAMES)}")
-        return value
-
-    @field_validator("quantize")
-    @classmethod
-    def _check_quantize(cls, value: str) -> str:
-        if value not in QUANTIZE_KINDS:
-            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_KINDS)}")
+    def _check_choice(cls, value: str, info: ValidationInfo) -> str:
+        choices = {"dtype": DTYPE_NAMES, "quantize": QUANTIZE_KINDS}[str(info.field_name)]
+        if value not in choices:
+            raise ValueError(f"{info.field_name} must be one of {', '.join(choices)}")
         return value
 
     @field_validator("api_keys", "admin_keys", "allowed_hosts", mode="before")
