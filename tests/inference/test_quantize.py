@@ -73,7 +73,8 @@ def test_the_output_head_is_int8_under_int4(tiny_model_dir, monkeypatch):
 
 
 def test_peft_adapter_wraps_a_quantized_layer(tiny_model_dir):
-    """A LoRA adapter put on a quantized base applies as on the full weights."""
+    """A LoRA adapter put on a quantized base applies as on the full weights, and the base
+    layers under it still read their quantized copies."""
     outputs = []
     for kind in ("none", "int8"):
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
@@ -92,4 +93,5 @@ def test_peft_adapter_wraps_a_quantized_layer(tiny_model_dir):
         outputs.append((with_adapter, without))
     (full, _), (quant, quant_base) = outputs
     assert _rel(quant, quant_base) > 0.01  # the adapter changes the quantized model's output
+    assert not torch.equal(quant, full)  # peft's layers call the quantized base layers
     assert _rel(quant, full) < 0.05
